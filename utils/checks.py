@@ -1,0 +1,36 @@
+"""Input checks that models call first, so a wrong input fails with a message saying what to do."""
+from __future__ import annotations
+
+import torch
+
+
+class InputSizeError(ValueError):
+    """An image batch of the wrong shape for a model."""
+
+
+def check_images(x: torch.Tensor, *, model: str, in_channels: int, min_size: int | None = None,
+                 sizes: tuple[int, int] | None = None) -> None:
+    """Check that ``x`` is ``(N, in_channels, H, W)`` with H and W allowed by the model.
+
+    ``min_size``: the smallest side the model's downsampling survives; ``sizes``: an
+    inclusive range of sides for models whose first linear layer fixes the resolution.
+    """
+    if x.dim() != 4:
+        raise InputSizeError(f"{model} expects a batch of images (N, C, H, W), got shape "
+                             f"{tuple(x.shape)}. Add the batch dimension with x.unsqueeze(0).")
+    channels, height, width = x.shape[1:]
+    if channels != in_channels:
+        raise InputSizeError(
+            f"{model} was built for {in_channels}-channel images but got {channels} channels. "
+            f"Build it with in_channels={channels} (Fashion-MNIST: 1, ImageNet/CIFAR: 3).")
+    side = min(height, width)
+    if sizes is not None and not (sizes[0] <= height <= sizes[1] and sizes[0] <= width <= sizes[1]):
+        wanted = f"{sizes[0]}x{sizes[0]}" if sizes[0] == sizes[1] else f"{sizes[0]} to {sizes[1]} pixels"
+        raise InputSizeError(
+            f"{model} needs {wanted} input (its first linear layer is sized for it); got "
+            f"{height}x{width}. Resize the data, e.g. fashion_mnist(batch_size, resize={sizes[0]}).")
+    if min_size is not None and side < min_size:
+        raise InputSizeError(
+            f"{model} needs input of at least {min_size}x{min_size} pixels (its downsampling "
+            f"would shrink anything smaller to nothing); got {height}x{width}. Resize the data, "
+            f"e.g. fashion_mnist(batch_size, resize={min_size}).")

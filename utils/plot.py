@@ -1,0 +1,147 @@
+"""Plots shared by the chapters: training curves (live and after the fact), bars, scatters."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure  # no pyplot: figures are shown only where we display them
+
+from . import config
+
+
+def _new_figure(ncols: int = 1, size=(4.2, 3.0)):
+    figure = Figure(figsize=(size[0] * ncols, size[1]), layout="constrained")
+    axes = figure.subplots(1, ncols)
+    return figure, axes
+
+
+def _draw_history(axes, history, points=()):
+    loss_ax, acc_ax = axes
+    loss_ax.clear()
+    acc_ax.clear()
+    epochs = list(range(1, history.epochs + 1))
+    if points:
+        xs, losses, accs = zip(*points)
+        loss_ax.plot(xs, losses, color="C0", alpha=0.5, label="train loss (running)")
+        acc_ax.plot(xs, accs, color="C1", alpha=0.5, label="train acc (running)")
+    if epochs:
+        loss_ax.plot(epochs, history.train_loss, "o-", color="C0", label="train loss")
+        acc_ax.plot(epochs, history.train_acc, "o-", color="C1", label="train acc")
+        acc_ax.plot(epochs, history.test_acc, "s--", color="C2", label="test acc")
+    loss_ax.set(xlabel="epoch", ylabel="loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+
+
+def plot_history(*histories, title: str | None = None, labels=None):
+    """Loss (left) and accuracy (right) per epoch; several histories share the axes."""
+    figure, axes = _new_figure(2)
+    if len(histories) == 1:
+        _draw_history(axes, histories[0])
+    else:
+        labels = labels or [h.meta.get("name", f"run {i}") for i, h in enumerate(histories)]
+        for i, (history, label) in enumerate(zip(histories, labels)):
+            epochs = range(1, history.epochs + 1)
+            axes[0].plot(epochs, history.train_loss, "o-", color=f"C{i}", label=label)
+            axes[1].plot(epochs, history.test_acc, "s--", color=f"C{i}", label=f"{label} (test)")
+        axes[0].set(xlabel="epoch", ylabel="train loss")
+        axes[1].set(xlabel="epoch", ylabel="test accuracy")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+class LivePlot:
+    """Training curves redrawn in place in a Jupyter output while ``fit`` runs."""
+
+    def __init__(self, history):
+        from IPython.display import display
+
+        self.history = history
+        self.figure, self.axes = _new_figure(2)
+        _draw_history(self.axes, history)
+        self.handle = display(self.figure, display_id=True)
+
+    def update(self, points):
+        _draw_history(self.axes, self.history, points)
+        self.handle.update(self.figure)
+
+
+def bar_chart(values: dict, *, ylabel: str, title: str | None = None, log: bool = False,
+              horizontal: bool = False):
+    """One bar per name; ``values`` maps name to number (several series: name -> dict)."""
+    figure, ax = _new_figure(1, size=(max(4.5, 0.55 * len(values) + 2), 3.2))
+    names = list(values)
+    first = next(iter(values.values()))
+    series = list(first) if isinstance(first, dict) else [None]
+    width = 0.8 / len(series)
+    for j, key in enumerate(series):
+        heights = [values[n][key] if key is not None else values[n] for n in names]
+        offsets = [i + (j - (len(series) - 1) / 2) * width for i in range(len(names))]
+        draw = ax.barh if horizontal else ax.bar
+        draw(offsets, heights, width, label=key, color=f"C{j}")
+    if horizontal:
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel(ylabel)
+        if log:
+            ax.set_xscale("log")
+    else:
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+    if series != [None]:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="x" if horizontal else "y")
+    if title:
+        ax.set_title(title)
+    return figure
+
+
+def scatter(points: dict, *, xlabel: str, ylabel: str, title: str | None = None,
+            logx: bool = False, logy: bool = False):
+    """Labelled points: ``points`` maps name to ``(x, y)``."""
+    figure, ax = _new_figure(1, size=(5.0, 3.6))
+    for i, (name, (x, y)) in enumerate(points.items()):
+        ax.scatter([x], [y], color=f"C{i % 10}", s=30)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    return figure
+
+
+def line_plot(series: dict, *, xlabel: str, ylabel: str, title: str | None = None,
+              logx: bool = False, logy: bool = False, marker: str = "o-"):
+    """Several curves: ``series`` maps label to ``(xs, ys)``."""
+    figure, ax = _new_figure(1, size=(5.0, 3.4))
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker, label=label, markersize=4)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return figure
+
+
+def save_figure(figure, name: str) -> Path:
+    """Save ``figure`` as ``results/figures/<name>.png`` and return the path."""
+    path = config.results_dir() / "figures" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return path

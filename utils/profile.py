@@ -1,0 +1,180 @@
+"""How big and how expensive a model is: parameters, FLOPs, a layer table, throughput.
+
+FLOPs are forward-pass floating-point operations counted by PyTorch's
+``FlopCounterMode``: 2 per multiply-add of convolutions and matrix products (pooling,
+activations and batch norm are not counted, as in the papers). Papers and torchvision
+often quote multiply-adds (MACs) instead: MACs = FLOPs / 2.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_params(net: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (all of them, or only those that require gradients)."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad or not trainable_only)
+
+
+def _model_device(net: nn.Module) -> torch.device:
+    tensor = next(iter(net.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(net.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def count_flops(net: nn.Module, input_shape, *, per_module: bool = False):
+    """Forward FLOPs of one pass over an input of ``input_shape`` (batch included).
+
+    Runs in eval mode (no auxiliary heads, no dropout) on the model's own device; build
+    the model on the ``meta`` device (``with torch.device('meta'): net = factory()``) to
+    count an ImageNet-size model without spending memory or time. With
+    ``per_module=True`` returns ``(total, {module name: flops})``.
+    """
+    device = _model_device(net)
+    x = torch.zeros(tuple(input_shape), device=device)
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(x)
+    finally:
+        net.train(was_training)
+    total = counter.get_total_flops()
+    if not per_module:
+        return total
+    # FlopCounterMode names modules "<RootClass>.<child>.<grandchild>"; drop the root.
+    root = type(net).__name__
+    by_module = {name[len(root) + 1:]: sum(counts.values())
+                 for name, counts in counter.get_flop_counts().items()
+                 if name.startswith(root + ".")}
+    return total, by_module
+
+
+def count_train_flops(net: nn.Module, input_shape) -> int:
+    """FLOPs of one forward plus backward pass (training step without the optimizer)."""
+    device = _model_device(net)
+    x = torch.zeros(tuple(input_shape), device=device)
+    was_training = net.training
+    net.train()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            output = net(x)
+            output = output[0] if isinstance(output, (tuple, list)) else output
+            output.float().sum().backward()
+    finally:
+        net.train(was_training)
+        net.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def output_shapes(net: nn.Module, input_shape) -> list[tuple[str, str, tuple, int]]:
+    """``(name, layer type, output shape, parameters)`` for each direct child of ``net``."""
+    rows = []
+    hooks = []
+    for name, child in net.named_children():
+        def record(module, inputs, output, name=name):
+            shape = tuple((output[0] if isinstance(output, (tuple, list)) else output).shape)
+            rows.append((name, type(module).__name__, shape, count_params(module)))
+        hooks.append(child.register_forward_hook(record))
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(tuple(input_shape), device=_model_device(net)))
+    finally:
+        net.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return rows
+
+
+def layer_table(net: nn.Module, input_shape, *, flops: bool = True) -> str:
+    """A text table: each top-level layer's output shape, parameters (and FLOPs)."""
+    rows = output_shapes(net, input_shape)
+    by_module = count_flops(net, input_shape, per_module=True)[1] if flops else {}
+    header = f"{'layer':<14}{'type':<20}{'output shape':<22}{'params':>13}"
+    header += f"{'MFLOPs':>11}" if flops else ""
+    lines = [header, "-" * len(header)]
+    for name, kind, shape, params in rows:
+        line = f"{name:<14}{kind:<20}{str(tuple(shape[1:])):<22}{params:>13,}"
+        if flops:
+            line += f"{by_module.get(name, 0) / 1e6:>11.1f}"
+        lines.append(line)
+    lines.append("-" * len(header))
+    total = f"{'total':<56}{count_params(net):>13,}"
+    if flops:
+        total += f"{count_flops(net, input_shape) / 1e6:>11.1f}"
+    lines.append(total)
+    return "\n".join(lines)
+
+
+def print_layer_table(net: nn.Module, input_shape, *, flops: bool = True) -> None:
+    print(layer_table(net, input_shape, flops=flops))
+
+
+def complexity_table(models: dict, *, unit: str = "M") -> str:
+    """Rows of ``name -> (params, flops, input)``, as a text table with MACs beside FLOPs."""
+    header = f"{'model':<24}{'input':<14}{'params':>14}{'GFLOPs':>10}{'GMACs':>9}"
+    lines = [header, "-" * len(header)]
+    for name, (params, flops, shape) in models.items():
+        size = "x".join(str(s) for s in shape[1:])
+        lines.append(f"{name:<24}{size:<14}{params:>14,}{flops / 1e9:>10.3f}{flops / 2e9:>9.3f}")
+    return "\n".join(lines)
+
+
+def throughput(net: nn.Module, input_shape, *, train: bool = False, steps: int = 10,
+               warmup: int = 2, device=None) -> float:
+    """Examples per second of forward passes (or forward+backward+SGD steps if ``train``)."""
+    device = torch.device(device) if device is not None else _model_device(net)
+    x = torch.randn(tuple(input_shape), device=device)
+    batch = x.shape[0]
+    was_training = net.training
+    net.train(train)
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-6) if train else None
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def one_step():
+        if train:
+            output = net(x)
+            output = output[0] if isinstance(output, (tuple, list)) else output
+            optimizer.zero_grad(set_to_none=True)
+            output.float().mean().backward()
+            optimizer.step()
+        else:
+            with torch.no_grad():
+                net(x)
+
+    try:
+        for _ in range(warmup):
+            one_step()
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            one_step()
+        sync()
+        elapsed = time.perf_counter() - start
+    finally:
+        net.train(was_training)
+    return batch * steps / elapsed
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 5, device=None) -> float:
+    """This machine's measured float32 matrix-multiply rate (median of ``repeats``), GFLOP/s."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b
+    rates = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        sync()
+        rates.append(4 * 2 * size ** 3 / (time.perf_counter() - start) / 1e9)
+    return sorted(rates)[len(rates) // 2]
