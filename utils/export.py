@@ -9,6 +9,7 @@ order. A saved cell may use the names of the preamble below and of earlier saved
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 from pathlib import Path
 
@@ -55,11 +56,33 @@ def saved_cells(notebook: Path) -> list[str]:
     return cells
 
 
+def top_level_names(source: str) -> list[str]:
+    """Names a cell defines at module level (functions, classes, assignments)."""
+    names = []
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+    return names
+
+
 def render(chapters: Path = CHAPTERS) -> str:
-    """The full text of ``utils/models.py`` for the notebooks in ``chapters``."""
+    """The full text of ``utils/models.py`` for the notebooks in ``chapters``.
+
+    Fails when two saved cells define the same name: in the module the later one would
+    silently replace the earlier, and an earlier chapter would use the wrong model.
+    """
     parts = [PREAMBLE]
+    defined: dict[str, str] = {}
     for notebook in sorted(chapters.glob("[0-9][0-9]_*.ipynb")):
         cells = saved_cells(notebook)
+        for cell in cells:
+            for name in top_level_names(cell):
+                if name in defined and defined[name] != notebook.name:
+                    raise ExportError(f"{notebook.name} defines {name!r}, already defined in "
+                                      f"{defined[name]}: give one of them another name")
+                defined[name] = notebook.name
         if cells:
             parts.append(f"\n\n# {'-' * 30} {notebook.name}\n\n")
             parts.append("\n\n\n".join(cells) + "\n")
