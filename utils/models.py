@@ -11,3 +11,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from utils.checks import check_images
+
+
+# ------------------------------ 07_inception_v2_v3.ipynb
+
+class BasicConv2d(nn.Module):
+    """Convolution (no bias) -> batch norm (eps 0.001) -> ReLU: the unit every Inception v2-v4 layer is built from.
+
+    The convolution has no bias because batch norm's shift (beta) already plays that role.
+    Attribute names ``conv`` and ``bn`` match torchvision's and timm's state-dict keys.
+    """
+    def __init__(self, in_channels, out_channels, **conv_kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **conv_kwargs)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)), inplace=True)
