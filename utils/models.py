@@ -13,6 +13,394 @@ from torch.nn import functional as F
 from utils.checks import check_images
 
 
+# ------------------------------ 01_alexnet.ipynb
+
+def conv_output_side(side, kernel_size, stride=1, padding=0):
+    """Side of a convolution's or pooling's output: floor((side + 2p - k) / s) + 1."""
+    return (side + 2 * padding - kernel_size) // stride + 1
+
+
+class LeNet(nn.Module):
+    """LeNet-5 as in the D2L book: sigmoid, average pooling, 28x28 inputs (padding 2)."""
+
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.in_channels = in_channels
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, kernel_size=5, padding=2), nn.Sigmoid(),
+            nn.AvgPool2d(kernel_size=2, stride=2),
+            nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(),
+            nn.AvgPool2d(kernel_size=2, stride=2))
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(),
+            nn.Linear(120, 84), nn.Sigmoid(),
+            nn.Linear(84, num_classes))
+
+    def forward(self, x):
+        # Its first linear layer fixes the input: sides 28 to 31 all end in 5x5 maps.
+        check_images(x, model="LeNet", in_channels=self.in_channels, sizes=(28, 31))
+        return self.classifier(self.features(x))
+
+
+def lenet(num_classes=10, in_channels=1):
+    """The book's LeNet for 28x28 images."""
+    return LeNet(num_classes, in_channels)
+
+
+class AlexNet(nn.Module):
+    """AlexNet: five convolutions (11x11/4, 5x5, three 3x3), three max pools, three linear layers.
+
+    `conv_channels` and `first_padding` select a layout; `pool_to` adds torchvision's
+    adaptive average pooling to a fixed grid (then any large enough input works).
+    """
+
+    def __init__(self, num_classes=10, in_channels=1, conv_channels=(96, 256, 384, 384, 256),
+                 first_padding=1, input_size=224, pool_to=None, hidden=4096, dropout=0.5):
+        super().__init__()
+        c1, c2, c3, c4, c5 = conv_channels
+        self.in_channels, self.pool_to = in_channels, pool_to
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c1, kernel_size=11, stride=4, padding=first_padding), nn.ReLU(),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(c1, c2, kernel_size=5, padding=2), nn.ReLU(),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(c2, c3, kernel_size=3, padding=1), nn.ReLU(),
+            nn.Conv2d(c3, c4, kernel_size=3, padding=1), nn.ReLU(),
+            nn.Conv2d(c4, c5, kernel_size=3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(kernel_size=3, stride=2))
+        self.avgpool = nn.AdaptiveAvgPool2d(pool_to) if pool_to else nn.Identity()
+        side = pool_to or self.feature_side(input_size)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(c5 * side * side, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes))
+        # Input sides that give the same final map as `input_size` (or survive, with pool_to).
+        valid = [n for n in range(16, 1024)
+                 if (self.feature_side(n) >= 1 if pool_to else self.feature_side(n) == side)]
+        self.input_sizes = (valid[0], valid[-1] if not pool_to else 10**6)
+
+    def feature_side(self, side):
+        """Side of the last feature map for a square input of `side` pixels."""
+        for layer in self.features:
+            if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+                k, s, p = (layer.kernel_size, layer.stride, layer.padding)
+                k, s, p = (v[0] if isinstance(v, tuple) else v for v in (k, s, p))
+                side = conv_output_side(side, k, s, p)
+        return side
+
+    def forward(self, x):
+        lo, hi = self.input_sizes
+        check_images(x, model="AlexNet", in_channels=self.in_channels,
+                     min_size=lo if self.pool_to else None, sizes=None if self.pool_to else (lo, hi))
+        return self.classifier(self.avgpool(self.features(x)))
+
+
+def alexnet(num_classes=10, in_channels=1):
+    """The D2L book's AlexNet: 224x224 inputs, 96-256-384-384-256 channels, 6400 -> 4096 -> 4096."""
+    return AlexNet(num_classes, in_channels)
+
+
+def alexnet_paper(num_classes=1000, in_channels=3):
+    """The paper's layout on one GPU (no channel groups, no LRN): 227x227 inputs, 6x6x256 into fc6."""
+    return AlexNet(num_classes, in_channels, first_padding=0, input_size=227)
+
+
+# ------------------------------ 02_vgg.ipynb
+
+class VGGBlock(nn.Sequential):
+    """VGG block: convolutions with 'same' padding, each followed by ReLU, then a 2x2 max pool."""
+
+    def __init__(self, in_channels, out_channels, kernel_sizes=(3,)):
+        layers = []
+        for kernel_size in kernel_sizes:
+            # padding k // 2 keeps height and width: only the pool downsamples.
+            layers += [nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+                       nn.ReLU(inplace=True)]
+            in_channels = out_channels
+        layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        super().__init__(*layers)
+
+
+def vgg_block(num_convs, in_channels, out_channels):
+    """A VGG block of `num_convs` 3x3 convolutions (the D2L book's signature)."""
+    return VGGBlock(in_channels, out_channels, (3,) * num_convs)
+
+
+VGG_CONFIGS = {
+    # (convs per block, out_channels): convs is a count of 3x3 convs or a tuple of kernel sizes.
+    "A": ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512)),                            # VGG-11
+    "B": ((2, 64), (2, 128), (2, 256), (2, 512), (2, 512)),                            # VGG-13
+    "C": ((2, 64), (2, 128), ((3, 3, 1), 256), ((3, 3, 1), 512), ((3, 3, 1), 512)),    # 1x1 convs
+    "D": ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512)),                            # VGG-16
+    "E": ((2, 64), (2, 128), (4, 256), (4, 512), (4, 512)),                            # VGG-19
+}
+
+
+class VGG(nn.Module):
+    """VGG: VGG blocks from a configuration, adaptive pooling to 7x7, fc 4096-4096-classes."""
+
+    def __init__(self, conv_arch, num_classes=10, in_channels=1, width_divisor=1,
+                 hidden=4096, dropout=0.5):
+        super().__init__()
+        self.in_channels = in_channels
+        blocks, channels = [], in_channels
+        for convs, out_channels in conv_arch:
+            kernel_sizes = (3,) * convs if isinstance(convs, int) else tuple(convs)
+            out_channels = out_channels // width_divisor
+            blocks.append(VGGBlock(channels, out_channels, kernel_sizes))
+            channels = out_channels
+        self.features = nn.Sequential(*blocks)
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))  # torchvision's; identity at 224x224
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(channels * 7 * 7, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        # Five 2x2 pools divide the side by 32: smaller inputs would vanish.
+        check_images(x, model="VGG", in_channels=self.in_channels, min_size=32)
+        return self.classifier(self.avgpool(self.features(x)))
+
+
+def vgg(conv_arch, num_classes=10, in_channels=1, width_divisor=1):
+    """Any VGG from a list of (convs, out_channels) blocks, e.g. VGG_CONFIGS['C']."""
+    return VGG(conv_arch, num_classes, in_channels, width_divisor)
+
+
+def vgg11(num_classes=10, in_channels=1, width_divisor=1):
+    """VGG-11 (configuration A); the book trains it with width_divisor=4."""
+    return VGG(VGG_CONFIGS["A"], num_classes, in_channels, width_divisor)
+
+
+def vgg13(num_classes=10, in_channels=1, width_divisor=1):
+    """VGG-13 (configuration B)."""
+    return VGG(VGG_CONFIGS["B"], num_classes, in_channels, width_divisor)
+
+
+def vgg16(num_classes=10, in_channels=1, width_divisor=1):
+    """VGG-16 (configuration D)."""
+    return VGG(VGG_CONFIGS["D"], num_classes, in_channels, width_divisor)
+
+
+def vgg19(num_classes=10, in_channels=1, width_divisor=1):
+    """VGG-19 (configuration E)."""
+    return VGG(VGG_CONFIGS["E"], num_classes, in_channels, width_divisor)
+
+
+# ------------------------------ 06_resnet.ipynb
+
+def resnet_conv3x3(in_channels, out_channels, stride=1):
+    """3x3 convolution, padding 1, no bias (the batch norm that follows supplies the shift)."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1,
+                     bias=False)
+
+
+def resnet_conv1x1(in_channels, out_channels, stride=1):
+    """1x1 convolution without bias: projection shortcuts and the bottleneck's reduce/expand."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False)
+
+
+def resnet_use_projection(in_channels, out_channels, stride, use_projection=None):
+    """Whether a block's shortcut needs a 1x1 projection (None: only when the shape changes)."""
+    shape_changes = stride != 1 or in_channels != out_channels
+    if use_projection is None:
+        return shape_changes
+    if shape_changes and not use_projection:
+        raise ValueError(
+            f"an identity shortcut cannot add {in_channels} input channels at stride {stride} to "
+            f"{out_channels} output channels at stride 1; pass use_projection=True (or None)")
+    return bool(use_projection)
+
+
+class ResidualBlock(nn.Module):
+    """ResNet-18/34 block: two 3x3 convs with BN, a shortcut, and ReLU after the addition."""
+    expansion = 1
+    num_convs = 2
+    pre_activation = False
+
+    def __init__(self, in_channels, channels, stride=1, use_projection=None):
+        super().__init__()
+        out_channels = channels * self.expansion
+        self.conv1 = resnet_conv3x3(in_channels, channels, stride)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = resnet_conv3x3(channels, out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        # torchvision's name for the projection shortcut; None means the identity
+        self.downsample = None
+        if resnet_use_projection(in_channels, out_channels, stride, use_projection):
+            self.downsample = nn.Sequential(resnet_conv1x1(in_channels, out_channels, stride),
+                                            nn.BatchNorm2d(out_channels))
+
+    def zero_residual_(self):
+        """Set the last BN's scale to 0: the branch outputs 0 and the block starts near identity."""
+        nn.init.zeros_(self.bn2.weight)
+
+    def forward(self, x):
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + shortcut)
+
+
+class PreActBlock(nn.Module):
+    """Full pre-activation block (He et al., 2016b): BN-ReLU-conv twice, nothing after the add."""
+    expansion = 1
+    num_convs = 2
+    pre_activation = True
+
+    def __init__(self, in_channels, channels, stride=1, use_projection=None):
+        super().__init__()
+        out_channels = channels * self.expansion
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = resnet_conv3x3(in_channels, channels, stride)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv2 = resnet_conv3x3(channels, out_channels)
+        self.relu = nn.ReLU()  # not in place: x itself is still needed for the shortcut
+        self.downsample = None
+        if resnet_use_projection(in_channels, out_channels, stride, use_projection):
+            self.downsample = resnet_conv1x1(in_channels, out_channels, stride)
+
+    def zero_residual_(self):
+        """Zero the last convolution: the block becomes exactly the identity."""
+        nn.init.zeros_(self.conv2.weight)
+
+    def forward(self, x):
+        activated = self.relu(self.bn1(x))
+        shortcut = x if self.downsample is None else self.downsample(activated)
+        out = self.conv1(activated)
+        out = self.conv2(self.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class BottleneckBlock(nn.Module):
+    """ResNet-50/101/152 block: 1x1 reduce, 3x3, 1x1 expand (x4), shortcut, ReLU after the add.
+
+    ``stride_in_1x1=False`` is torchvision's "v1.5" (stride in the 3x3 conv); ``True`` is the
+    paper's v1 layout (stride in the first 1x1 conv).
+    """
+    expansion = 4
+    num_convs = 3
+    pre_activation = False
+
+    def __init__(self, in_channels, channels, stride=1, use_projection=None, stride_in_1x1=False):
+        super().__init__()
+        out_channels = channels * self.expansion
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = resnet_conv1x1(in_channels, channels, stride_1x1)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = resnet_conv3x3(channels, channels, stride_3x3)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv3 = resnet_conv1x1(channels, out_channels)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if resnet_use_projection(in_channels, out_channels, stride, use_projection):
+            self.downsample = nn.Sequential(resnet_conv1x1(in_channels, out_channels, stride),
+                                            nn.BatchNorm2d(out_channels))
+
+    def zero_residual_(self):
+        """Set the last BN's scale to 0: the branch outputs 0 and the block starts near identity."""
+        nn.init.zeros_(self.bn3.weight)
+
+    def forward(self, x):
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + shortcut)
+
+
+class ResNet(nn.Module):
+    """ResNet (He et al., 2016) in torchvision's layout: stem, four stages, average pool, linear.
+
+    ``block``: ResidualBlock, BottleneckBlock or PreActBlock; ``layers``: blocks per stage.
+    ``small_input``: 3x3 stride-1 stem without max-pool (28-32 px images) instead of 7x7/2 + pool.
+    """
+
+    def __init__(self, block, layers, num_classes=10, in_channels=1, small_input=False,
+                 zero_init_residual=False, block_options=None):
+        super().__init__()
+        self.in_channels, self.small_input = in_channels, small_input
+        self.name = f"ResNet-{block.num_convs * sum(layers) + 2}"
+        self.block_options = dict(block_options or {})
+        if small_input:
+            self.conv1 = resnet_conv3x3(in_channels, 64)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
+        self.stage_in_channels = 64  # updated by _make_layer as the stages are built
+        self.layer1 = self._make_layer(block, 64, layers[0], stride=1)
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        features = 512 * block.expansion
+        # pre-activation blocks end with a conv: normalize and activate once more before pooling
+        self.final_norm = (nn.Sequential(nn.BatchNorm2d(features), nn.ReLU(inplace=True))
+                           if block.pre_activation else None)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(features, num_classes)
+        self._init_weights(zero_init_residual)
+
+    def _make_layer(self, block, channels, num_blocks, stride):
+        """One stage: the first block may change stride and channels, the others keep them."""
+        blocks = [block(self.stage_in_channels, channels, stride, **self.block_options)]
+        self.stage_in_channels = channels * block.expansion
+        for _ in range(1, num_blocks):
+            blocks.append(block(self.stage_in_channels, channels, **self.block_options))
+        return nn.Sequential(*blocks)
+
+    def _init_weights(self, zero_init_residual):
+        for module in self.modules():  # torchvision's initialisation (He et al., 2015)
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if zero_init_residual:  # a second pass: modules() visits a block before its own BNs
+            for module in self.modules():
+                if hasattr(module, "zero_residual_"):
+                    module.zero_residual_()
+
+    def forward_features(self, x):
+        """The last feature map, (N, 512 * expansion, H/32, W/32): the backbone's output."""
+        check_images(x, model=self.name, in_channels=self.in_channels,
+                     min_size=8 if self.small_input else 32)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return x if self.final_norm is None else self.final_norm(x)
+
+    def forward(self, x):
+        x = self.avgpool(self.forward_features(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+def resnet18(num_classes=10, in_channels=1, small_input=False, **options):
+    """ResNet-18: basic blocks (2, 2, 2, 2). At 96 px with the defaults: D2L's Fashion-MNIST model."""
+    return ResNet(ResidualBlock, (2, 2, 2, 2), num_classes, in_channels, small_input, **options)
+
+
+def resnet34(num_classes=10, in_channels=1, small_input=False, **options):
+    """ResNet-34: basic blocks (3, 4, 6, 3)."""
+    return ResNet(ResidualBlock, (3, 4, 6, 3), num_classes, in_channels, small_input, **options)
+
+
+def resnet50(num_classes=10, in_channels=1, small_input=False, stride_in_1x1=False, **options):
+    """ResNet-50: bottlenecks (3, 4, 6, 3); torchvision's v1.5 unless ``stride_in_1x1=True`` (v1)."""
+    return ResNet(BottleneckBlock, (3, 4, 6, 3), num_classes, in_channels, small_input,
+                  block_options={"stride_in_1x1": stride_in_1x1}, **options)
+
+
+def preact_resnet18(num_classes=10, in_channels=1, small_input=False, **options):
+    """ResNet-18 built from full pre-activation blocks (He et al., 2016b)."""
+    return ResNet(PreActBlock, (2, 2, 2, 2), num_classes, in_channels, small_input, **options)
+
+
 # ------------------------------ 07_inception_v2_v3.ipynb
 
 class BasicConv2d(nn.Module):
