@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from matplotlib.figure import Figure  # no pyplot: figures are shown only where we display them
+from matplotlib.ticker import MaxNLocator
 
 from . import config
 
@@ -31,6 +32,7 @@ def _draw_history(axes, history, points=()):
     acc_ax.set(xlabel="epoch", ylabel="accuracy")
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.lines:
             ax.legend(fontsize=8)
 
@@ -50,6 +52,7 @@ def plot_history(*histories, title: str | None = None, labels=None):
         axes[1].set(xlabel="epoch", ylabel="test accuracy")
         for ax in axes:
             ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend(fontsize=8)
     if title:
         figure.suptitle(title)

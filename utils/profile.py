@@ -116,13 +116,14 @@ def print_layer_table(net: nn.Module, input_shape, *, flops: bool = True) -> Non
     print(layer_table(net, input_shape, flops=flops))
 
 
-def complexity_table(models: dict, *, unit: str = "M") -> str:
-    """Rows of ``name -> (params, flops, input)``, as a text table with MACs beside FLOPs."""
-    header = f"{'model':<24}{'input':<14}{'params':>14}{'GFLOPs':>10}{'GMACs':>9}"
+def complexity_table(models: dict) -> str:
+    """Rows of ``name -> (params, flops, input_shape)`` as a text table, MACs beside FLOPs."""
+    width = max([len("model")] + [len(name) for name in models]) + 2
+    header = f"{'model':<{width}}{'input':<12}{'params':>14}{'MFLOPs':>12}{'MMACs':>12}"
     lines = [header, "-" * len(header)]
     for name, (params, flops, shape) in models.items():
         size = "x".join(str(s) for s in shape[1:])
-        lines.append(f"{name:<24}{size:<14}{params:>14,}{flops / 1e9:>10.3f}{flops / 2e9:>9.3f}")
+        lines.append(f"{name:<{width}}{size:<12}{params:>14,}{flops / 1e6:>12,.1f}{flops / 2e6:>12,.1f}")
     return "\n".join(lines)
 
 
