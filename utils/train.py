@@ -327,6 +327,9 @@ def fit(net: nn.Module, train_iter, test_iter, *, epochs: int, lr: float, device
 
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
+        # A process killed while writing leaves only its temporary file: remove it.
+        for stale in checkpoint.parent.glob(f".{checkpoint.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
         if checkpoint.exists() and not resume:
             backup = checkpoint.with_name(checkpoint.name + ".bak")
             os.replace(checkpoint, backup)

@@ -1,0 +1,63 @@
+"""Chapter 01: LeNet and AlexNet against counted and reference numbers."""
+import pytest
+import torch
+import torchvision
+
+from utils import profile
+from utils.checks import InputSizeError
+from utils.models import AlexNet, alexnet, alexnet_paper, lenet
+
+
+def test_lenet_shape_and_params():
+    net = lenet()
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    # 156 + 2,416 + 48,120 + 10,164 + 850 (D2L's LeNet for 28x28 inputs)
+    assert profile.count_params(net) == 61_706
+    # multiply-adds: conv1 117,600 + conv2 240,000 + fc 48,000 + 10,080 + 840
+    assert profile.count_flops(net, (1, 1, 28, 28)) == 2 * 416_520
+
+
+def test_alexnet_book_layout():
+    net = alexnet()
+    assert net(torch.zeros(1, 1, 224, 224)).shape == (1, 10)
+    assert net.classifier[1].in_features == 6400
+    assert profile.count_params(net) == 46_764_746  # REFERENCE.md: D2L AlexNet, 1 channel, 10 classes
+    with torch.device("meta"):
+        meta = alexnet()
+    # conv MACs 33.9M + 415.4M + 127.4M + 191.1M + 127.4M, linear 43.0M
+    assert profile.count_flops(meta, (1, 1, 224, 224)) == 1_876_292_352
+
+
+def test_alexnet_paper_layout():
+    with torch.device("meta"):
+        net = alexnet_paper()
+    assert profile.count_params(net) == 62_378_344  # REFERENCE.md: paper layout, no groups
+    assert net.classifier[1].in_features == 9216
+    # MACs by hand: conv 105,415,200 + 447,897,600 + 149,520,384 + 224,280,576 + 149,520,384,
+    # linear 37,748,736 + 16,777,216 + 4,096,000 = 1,135,256,096
+    assert profile.count_flops(net, (1, 3, 227, 227)) == 2 * 1_135_256_096
+
+
+def test_torchvision_variant_is_ours_with_other_settings():
+    reference = torchvision.models.alexnet(weights=None).eval()
+    ours = AlexNet(1000, 3, conv_channels=(64, 192, 384, 256, 256), first_padding=2, pool_to=6).eval()
+    assert profile.count_params(ours) == 61_100_840  # torchvision
+    for mine, theirs in zip(ours.parameters(), reference.parameters()):
+        mine.data.copy_(theirs.data)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x))
+    macs = profile.count_flops(ours, (1, 3, 224, 224)) / 2
+    assert round(macs / 1e9, 3) == 0.714  # torchvision's metadata: 0.714 "GFLOPS" (GMACs)
+    assert macs == profile.count_flops(reference, (1, 3, 224, 224)) / 2
+
+
+def test_wrong_inputs_are_explained():
+    with pytest.raises(InputSizeError, match="224x224|193 to 224"):
+        alexnet()(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(InputSizeError, match="in_channels=3"):
+        alexnet()(torch.zeros(1, 3, 224, 224))
+    with pytest.raises(InputSizeError, match="resize=28"):
+        lenet()(torch.zeros(1, 1, 64, 64))
+    with pytest.raises(InputSizeError, match="unsqueeze"):
+        lenet()(torch.zeros(1, 28, 28))

@@ -1,0 +1,145 @@
+import gzip
+
+import pytest
+import torch
+
+from utils import data
+from tests.conftest import make_fake_fashion_mnist
+
+
+def test_reads_cnn_data_dir_first(fake_data, monkeypatch):
+    debian = make_fake_fashion_mnist(fake_data.parent / "debian", n_train=10, n_test=10)
+    monkeypatch.setattr(data, "DEBIAN_DIR", debian)
+    assert data.find_data_dir() == fake_data
+    train_iter, test_iter = data.fashion_mnist(16)
+    assert train_iter.num_examples == 64 and test_iter.num_examples == 32
+
+
+def test_torchvision_layout_inside_data_dir(isolated):
+    raw = make_fake_fashion_mnist(isolated / "data" / "FashionMNIST" / "raw")
+    assert data.find_data_dir() == raw
+
+
+def test_falls_back_to_debian_package(isolated, monkeypatch):
+    debian = make_fake_fashion_mnist(isolated / "debian", n_train=20, n_test=12)
+    monkeypatch.setattr(data, "DEBIAN_DIR", debian)
+    assert data.find_data_dir(download=False) == debian
+    train_iter, _ = data.fashion_mnist(8, download=False)
+    assert train_iter.num_examples == 20
+
+
+def test_debian_path_is_the_packages_path():
+    assert str(data.DEBIAN_DIR) == "/usr/share/datasets/fashion-mnist"
+
+
+def test_offline_message_says_how_to_get_the_data(isolated, monkeypatch):
+    import torchvision
+
+    def no_network(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", no_network)
+    with pytest.raises(data.DataNotFoundError) as error:
+        data.fashion_mnist(8)
+    message = str(error.value)
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "train-images-idx3-ubyte.gz" in message and "CNN_DATA_DIR" in message
+    assert "name resolution" in message
+    assert str(isolated / "data") in message
+
+
+def test_truncated_file_is_named(fake_data):
+    path = fake_data / data.FILES["train_images"]
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(data.DataFileError) as error:
+        data.fashion_mnist(8)
+    assert str(path) in str(error.value) and "Delete" in str(error.value)
+
+
+def test_wrong_length_and_bad_magic_are_named(fake_data):
+    labels = fake_data / data.FILES["test_labels"]
+    with gzip.open(labels, "rb") as handle:
+        raw = handle.read()
+    with gzip.open(labels, "wb") as handle:
+        handle.write(raw[:-3])
+    with pytest.raises(data.DataFileError, match="header promises"):
+        data.read_idx(labels)
+    with gzip.open(labels, "wb") as handle:
+        handle.write(b"\x01\x02" + raw[2:])
+    with pytest.raises(data.DataFileError, match="magic"):
+        data.read_idx(labels)
+
+
+def test_batches_are_float_in_unit_range_and_cover_every_example(fake_data):
+    train_iter, test_iter = data.fashion_mnist(10)
+    assert len(train_iter) == 7  # 64 examples, last batch of 4 kept
+    seen = 0
+    for X, y in train_iter:
+        assert X.dtype == torch.float32 and X.shape[1:] == (1, 28, 28)
+        assert 0.0 <= X.min() and X.max() <= 1.0
+        seen += len(y)
+    assert seen == 64
+    labels = torch.cat([y for _, y in test_iter])
+    assert torch.equal(labels, data.load_arrays()["test_labels"])  # test order is fixed
+
+
+def test_resize_happens_on_the_device(fake_data):
+    train_iter, _ = data.fashion_mnist(8, resize=64, device="cpu")
+    assert train_iter.images.shape[-1] == 28  # stored at native size, as bytes
+    assert train_iter.images.dtype == torch.uint8
+    X, _ = next(iter(train_iter))
+    assert X.shape == (8, 1, 64, 64) and X.device.type == "cpu"
+    assert train_iter.image_shape == (1, 64, 64)
+    small, _ = data.fashion_mnist(8, resize=14)
+    assert next(iter(small))[0].shape == (8, 1, 14, 14)
+
+
+def test_subsets_are_fixed_random_samples(fake_data):
+    first, test = data.fashion_mnist(8, train_subset=20, test_subset=10)
+    again, _ = data.fashion_mnist(8, train_subset=20, test_subset=10)
+    assert first.num_examples == 20 and test.num_examples == 10
+    assert torch.equal(first.labels, again.labels)
+    other, _ = data.fashion_mnist(8, train_subset=20, seed=1)
+    assert not torch.equal(first.images, other.images)
+    whole, _ = data.fashion_mnist(8, train_subset=10_000)
+    assert whole.num_examples == 64
+
+
+def test_shuffling_is_reproducible_and_resumable(fake_data):
+    train_iter, _ = data.fashion_mnist(16, seed=5)
+    state = train_iter.state_dict()
+    first_epoch = [y for _, y in train_iter]
+    train_iter.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(first_epoch, [y for _, y in train_iter]))
+    second_epoch = [y for _, y in train_iter]
+    assert not all(torch.equal(a, b) for a, b in zip(first_epoch, second_epoch))
+
+
+def test_augment_applies_to_training_batches_only(fake_data):
+    flip = lambda x: x.flip(-1)  # noqa: E731
+    train_iter, test_iter = data.fashion_mnist(8, augment=flip)
+    X, _ = next(iter(train_iter))
+    assert X.shape == (8, 1, 28, 28)
+    plain_iter, _ = data.fashion_mnist(8)
+    assert test_iter.augment is None
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, None])
+def test_bad_batch_size_is_explained(fake_data, bad):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        data.fashion_mnist(bad)
+
+
+def test_normalize(fake_data):
+    train_iter, _ = data.fashion_mnist(64, normalize=(0.5, 0.25))
+    X, _ = next(iter(train_iter))
+    assert X.min() >= -2.0 - 1e-6 and X.max() <= 2.0 + 1e-6
+
+
+def test_real_fashion_mnist_when_installed():
+    if not (data.DEBIAN_DIR / data.FILES["train_images"]).exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    arrays = data.load_arrays(download=False)
+    assert arrays["train_images"].shape == (60_000, 1, 28, 28)
+    assert arrays["test_images"].shape == (10_000, 1, 28, 28)
+    assert torch.bincount(arrays["train_labels"]).tolist() == [6000] * 10

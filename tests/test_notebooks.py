@@ -1,0 +1,86 @@
+"""Housekeeping of the chapter notebooks and the files that describe the environment."""
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from utils import nbtools
+from utils.config import REPO_ROOT, REPO_URL
+
+NOTEBOOKS = sorted((REPO_ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_there_are_chapters():
+    assert NOTEBOOKS, "no chapter notebooks found"
+    assert NOTEBOOKS[0].name == "01_alexnet.ipynb"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_housekeeping(path):
+    """Shared setup cell first, Colab badge pointing at REPO_URL, outputs only in checked cells."""
+    assert nbtools.problems(path) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_colab_link_uses_the_one_repository_url(path):
+    text = path.read_text()
+    for link in re.findall(r"colab\.research\.google\.com/github/([^)\s\"]+)", text):
+        assert link.startswith(REPO_URL.removeprefix("https://github.com/") + "/blob/main/chapters/")
+    assert f'REPO_URL = \\"{REPO_URL}\\"' in text
+
+
+def test_setup_cell_embeds_the_repository_url():
+    assert f'REPO_URL = "{REPO_URL}"' in nbtools.SETUP_CELL
+
+
+def test_readme_badges_and_clone_url_match():
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert f"git clone {REPO_URL}" in readme
+    for path in NOTEBOOKS:
+        assert nbtools.colab_url(path.name) in readme, f"README lacks the Colab link of {path.name}"
+
+
+def test_clean_strips_unchecked_outputs_only():
+    notebook = nbformat.v4.new_notebook()
+    checked = nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)", execution_count=3,
+                                        outputs=[nbformat.v4.new_output("stream", text="1\n")])
+    loose = nbformat.v4.new_code_cell("print(2)", execution_count=4,
+                                      outputs=[nbformat.v4.new_output("stream", text="2\n")])
+    notebook.cells = [checked, loose]
+    assert nbtools.clean(notebook)
+    assert checked.outputs and not loose.outputs
+    assert checked.execution_count is None and loose.execution_count is None
+
+
+def _requirement_names(lines):
+    names = []
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            names.append(re.split(r"[<>=!~\[ ;]", line, maxsplit=1)[0].lower())
+    return names
+
+
+def test_environment_yml_matches_requirements():
+    environment = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
+    required = set(_requirement_names((REPO_ROOT / "requirements.txt").read_text().splitlines()))
+    listed = set()
+    for entry in environment["dependencies"]:
+        if isinstance(entry, dict):
+            for pip_line in entry["pip"]:
+                if pip_line.strip() == "-r requirements.txt":
+                    listed |= required
+                else:
+                    listed |= set(_requirement_names([pip_line]))
+        else:
+            listed |= set(_requirement_names([entry]))
+    assert "python" in listed
+    assert required <= listed, f"environment.yml lacks {sorted(required - listed)}"
+
+
+def test_requirements_are_ranges_that_admit_this_machine():
+    text = (REPO_ROOT / "requirements.txt").read_text()
+    assert "==" not in text, "use ranges, not pins"
+    assert "d2l" not in _requirement_names(text.splitlines()), "d2l stays optional"
