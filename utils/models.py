@@ -80,6 +80,7 @@ class AlexNet(nn.Module):
         valid = [n for n in range(16, 1024)
                  if (self.feature_side(n) >= 1 if pool_to else self.feature_side(n) == side)]
         self.input_sizes = (valid[0], valid[-1] if not pool_to else 10**6)
+        self.input_size = input_size
 
     def feature_side(self, side):
         """Side of the last feature map for a square input of `side` pixels."""
@@ -92,7 +93,7 @@ class AlexNet(nn.Module):
 
     def forward(self, x):
         lo, hi = self.input_sizes
-        check_images(x, model="AlexNet", in_channels=self.in_channels,
+        check_images(x, model="AlexNet", in_channels=self.in_channels, preferred=self.input_size,
                      min_size=lo if self.pool_to else None, sizes=None if self.pool_to else (lo, hi))
         return self.classifier(self.avgpool(self.features(x)))
 
@@ -188,6 +189,261 @@ def vgg16(num_classes=10, in_channels=1, width_divisor=1):
 def vgg19(num_classes=10, in_channels=1, width_divisor=1):
     """VGG-19 (configuration E)."""
     return VGG(VGG_CONFIGS["E"], num_classes, in_channels, width_divisor)
+
+
+# ------------------------------ 03_nin.ipynb
+
+class NiNBlock(nn.Sequential):
+    """NiN block ('mlpconv'): a kxk convolution, then two 1x1 convolutions, each followed by ReLU."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding), nn.ReLU(inplace=True),
+            # The 1x1 convolutions are a per-pixel MLP over the channels.
+            nn.Conv2d(out_channels, out_channels, kernel_size=1), nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, kernel_size=1), nn.ReLU(inplace=True))
+
+
+def nin_block(in_channels, out_channels, kernel_size, strides, padding):
+    """The D2L book's signature for a NiN block."""
+    return NiNBlock(in_channels, out_channels, kernel_size, strides, padding)
+
+
+class NiN(nn.Sequential):
+    """The D2L book's NiN: NiN blocks and max pools, a class-channel NiN block, global average pooling."""
+
+    def __init__(self, num_classes=10, in_channels=1, dropout=0.5):
+        super().__init__()
+        self.in_channels = in_channels
+        self.block1 = NiNBlock(in_channels, 96, kernel_size=11, stride=4)
+        self.pool1 = nn.MaxPool2d(kernel_size=3, stride=2)
+        self.block2 = NiNBlock(96, 256, kernel_size=5, padding=2)
+        self.pool2 = nn.MaxPool2d(kernel_size=3, stride=2)
+        self.block3 = NiNBlock(256, 384, kernel_size=3, padding=1)
+        self.pool3 = nn.MaxPool2d(kernel_size=3, stride=2)
+        self.dropout = nn.Dropout(dropout)
+        # One output channel per class: the class maps that global average pooling scores.
+        self.block4 = NiNBlock(384, num_classes, kernel_size=3, padding=1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+
+    def forward(self, x):
+        # 67 px is the smallest input whose last pool still gets a 3x3 map (see the text).
+        check_images(x, model="NiN", in_channels=self.in_channels, min_size=67)
+        return super().forward(x)
+
+
+def nin(num_classes=10, in_channels=1):
+    """The book's NiN (224x224 Fashion-MNIST by default; any input of at least 67x67)."""
+    return NiN(num_classes, in_channels)
+
+
+# ------------------------------ 04_googlenet.ipynb
+
+class GoogLeNetConv(nn.Module):
+    """A convolution (with bias) followed by ReLU: GoogLeNet's only kind of convolution."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.relu(self.conv(x))
+
+
+class Inception(nn.Module):
+    """GoogLeNet's Inception block: four parallel branches concatenated along channels."""
+
+    def __init__(self, in_channels, ch1x1, ch3x3_reduce, ch3x3, ch5x5_reduce, ch5x5, pool_proj,
+                 *, wide_kernel=5):
+        super().__init__()
+        self.branch1 = GoogLeNetConv(in_channels, ch1x1, kernel_size=1)
+        self.branch2 = nn.Sequential(
+            GoogLeNetConv(in_channels, ch3x3_reduce, kernel_size=1),
+            GoogLeNetConv(ch3x3_reduce, ch3x3, kernel_size=3, padding=1))
+        self.branch3 = nn.Sequential(
+            GoogLeNetConv(in_channels, ch5x5_reduce, kernel_size=1),
+            GoogLeNetConv(ch5x5_reduce, ch5x5, kernel_size=wide_kernel, padding=wide_kernel // 2))
+        # Stride 1 and padding 1: the pooled map keeps its size, so it can be concatenated.
+        self.branch4 = nn.Sequential(
+            nn.MaxPool2d(kernel_size=3, stride=1, padding=1),
+            GoogLeNetConv(in_channels, pool_proj, kernel_size=1))
+        self.out_channels = ch1x1 + ch3x3 + ch5x5 + pool_proj
+
+    def forward(self, x):
+        branches = (self.branch1, self.branch2, self.branch3, self.branch4)
+        return torch.cat([branch(x) for branch in branches], dim=1)
+
+
+# Paper's Table 1: (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj) per Inception block.
+GOOGLENET_TABLE1 = {
+    "3a": (64, 96, 128, 16, 32, 32),
+    "3b": (128, 128, 192, 32, 96, 64),
+    "4a": (192, 96, 208, 16, 48, 64),
+    "4b": (160, 112, 224, 24, 64, 64),
+    "4c": (128, 128, 256, 24, 64, 64),
+    "4d": (112, 144, 288, 32, 64, 64),
+    "4e": (256, 160, 320, 32, 128, 128),
+    "5a": (256, 160, 320, 32, 128, 128),
+    "5b": (384, 192, 384, 48, 128, 128),
+}
+
+
+class GoogLeNetAux(nn.Module):
+    """Auxiliary classifier of GoogLeNet; pools adaptively to 4x4 so any input size works."""
+
+    def __init__(self, in_channels, num_classes, dropout=0.7):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(4)  # the paper: AvgPool2d(5, stride=3) on 14x14 maps
+        self.conv = GoogLeNetConv(in_channels, 128, kernel_size=1)
+        self.fc1 = nn.Linear(128 * 4 * 4, 1024)
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(1024, num_classes)
+
+    def forward(self, x):
+        x = torch.flatten(self.conv(self.pool(x)), 1)
+        return self.fc2(self.dropout(F.relu(self.fc1(x))))
+
+
+class GoogLeNet(nn.Module):
+    """GoogLeNet (Inception v1): a stem, nine Inception blocks, global average pooling, one FC."""
+
+    min_size = 32  # the total stride: one position of the last map per 32x32 patch
+
+    def __init__(self, num_classes=10, in_channels=1, *, aux_logits=False, dropout=0.0,
+                 wide_kernel=5, table=GOOGLENET_TABLE1):
+        super().__init__()
+        self.in_channels = in_channels
+        self.conv1 = GoogLeNetConv(in_channels, 64, kernel_size=7, stride=2, padding=3)
+        self.maxpool1 = nn.MaxPool2d(3, stride=2, padding=1)
+        self.conv2 = GoogLeNetConv(64, 64, kernel_size=1)
+        self.conv3 = GoogLeNetConv(64, 192, kernel_size=3, padding=1)
+        self.maxpool2 = nn.MaxPool2d(3, stride=2, padding=1)
+        channels = 192
+        for name, cfg in table.items():
+            block = Inception(channels, *cfg, wide_kernel=wide_kernel)
+            self.add_module(f"inception{name}", block)
+            channels = block.out_channels
+            if name in ("3b", "4e"):  # the last block of stages 3 and 4 is followed by a pool
+                self.add_module(f"maxpool{name[0]}", nn.MaxPool2d(3, stride=2, padding=1))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(channels, num_classes)
+        self.aux1 = GoogLeNetAux(self.inception4a.out_channels, num_classes) if aux_logits else None
+        self.aux2 = GoogLeNetAux(self.inception4d.out_channels, num_classes) if aux_logits else None
+
+    def forward(self, x):
+        check_images(x, model="GoogLeNet", in_channels=self.in_channels, min_size=self.min_size)
+        x = self.maxpool1(self.conv1(x))
+        x = self.maxpool2(self.conv3(self.conv2(x)))
+        x = self.maxpool3(self.inception3b(self.inception3a(x)))
+        x = self.inception4a(x)
+        use_aux = self.aux1 is not None and self.training
+        aux1 = self.aux1(x) if use_aux else None
+        x = self.inception4d(self.inception4c(self.inception4b(x)))
+        aux2 = self.aux2(x) if use_aux else None
+        x = self.maxpool4(self.inception4e(x))
+        x = self.inception5b(self.inception5a(x))
+        x = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
+        return (x, aux1, aux2) if use_aux else x
+
+
+def googlenet(num_classes=10, in_channels=1, aux_logits=False, dropout=0.0, wide_kernel=5):
+    """GoogLeNet; defaults: D2L's Fashion-MNIST model. Paper: (1000, 3, dropout=0.4)."""
+    return GoogLeNet(num_classes, in_channels, aux_logits=aux_logits, dropout=dropout,
+                     wide_kernel=wide_kernel)
+
+
+# ------------------------------ 05_batch_norm.ipynb
+
+def batch_norm(X, gamma, beta, running_mean, running_var, *, training, momentum=0.1, eps=1e-5):
+    """Normalize X, shaped (N, C) or (N, C, H, W), per feature/channel (axis 1).
+
+    Returns (Y, running_mean, running_var). In training the batch statistics are used and the
+    running ones updated as PyTorch does: running = (1 - momentum) * running + momentum * batch,
+    with the unbiased batch variance; in inference the running statistics are used unchanged.
+    """
+    if X.dim() not in (2, 4):
+        raise ValueError(f"batch_norm expects (N, C) or (N, C, H, W) input, got shape {tuple(X.shape)}")
+    reduce_dims = (0,) if X.dim() == 2 else (0, 2, 3)  # every axis but the channel axis
+    per_channel = (1, -1) + (1,) * (X.dim() - 2)       # broadcasts a (C,) vector over X
+    X32 = X.float()
+    if training:
+        n = X.numel() // X.shape[1]                    # values per channel: N, or N*H*W
+        if n < 2:
+            raise ValueError(f"batch norm in training mode needs more than 1 value per channel, got "
+                             f"input {tuple(X.shape)}: use a batch of 2 or more, or call .eval() to predict")
+        mean = X32.mean(dim=reduce_dims)
+        var = X32.var(dim=reduce_dims, correction=0)   # biased: the batch is normalized with this
+        with torch.no_grad():                          # the running statistics are not trained
+            running_mean = (1 - momentum) * running_mean + momentum * mean
+            running_var = (1 - momentum) * running_var + momentum * var * n / (n - 1)
+    else:
+        mean, var = running_mean, running_var
+    X_hat = (X32 - mean.view(per_channel)) / torch.sqrt(var.view(per_channel) + eps)
+    Y = gamma.view(per_channel) * X_hat + beta.view(per_channel)
+    return Y.to(X.dtype), running_mean, running_var
+
+
+class BatchNorm(nn.Module):
+    """Batch normalization over (N, C) inputs (per feature) or (N, C, H, W) inputs (per channel)."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.gamma = nn.Parameter(torch.ones(num_features))   # scale, starts as "keep"
+        self.beta = nn.Parameter(torch.zeros(num_features))   # shift, starts as "no shift"
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, X):
+        if X.dim() not in (2, 4) or X.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm({self.num_features}) expects (N, {self.num_features}) from a linear "
+                             f"layer or (N, {self.num_features}, H, W) from a convolution, got {tuple(X.shape)}")
+        Y, self.running_mean, self.running_var = batch_norm(
+            X, self.gamma, self.beta, self.running_mean, self.running_var,
+            training=self.training, momentum=self.momentum, eps=self.eps)
+        return Y
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BNLeNet(nn.Sequential):
+    """D2L's LeNet with batch norm after both convolutions and both hidden linear layers."""
+
+    def __init__(self, conv_norm, linear_norm, num_classes=10, in_channels=1):
+        super().__init__()
+        self.in_channels = in_channels
+        layers = [
+            ("conv1", nn.Conv2d(in_channels, 6, kernel_size=5)), ("bn1", conv_norm(6)),
+            ("act1", nn.Sigmoid()), ("pool1", nn.AvgPool2d(kernel_size=2, stride=2)),
+            ("conv2", nn.Conv2d(6, 16, kernel_size=5)), ("bn2", conv_norm(16)),
+            ("act2", nn.Sigmoid()), ("pool2", nn.AvgPool2d(kernel_size=2, stride=2)),
+            ("flatten", nn.Flatten()),
+            # 28 -> conv 5x5: 24 -> pool: 12 -> conv 5x5: 8 -> pool: 4, so 16 * 4 * 4 features
+            ("fc1", nn.Linear(16 * 4 * 4, 120)), ("bn3", linear_norm(120)), ("act3", nn.Sigmoid()),
+            ("fc2", nn.Linear(120, 84)), ("bn4", linear_norm(84)), ("act4", nn.Sigmoid()),
+            ("fc3", nn.Linear(84, num_classes)),
+        ]
+        for name, layer in layers:
+            self.add_module(name, layer)
+
+    def forward(self, x):
+        # The first linear layer fixes the input size: 28x28 or 29x29 both give 4x4 maps.
+        check_images(x, model="BN-LeNet", in_channels=self.in_channels, sizes=(28, 29))
+        return super().forward(x)
+
+
+def bn_lenet(num_classes=10, in_channels=1):
+    """BN-LeNet (D2L's layout) with the from-scratch BatchNorm layer."""
+    return BNLeNet(BatchNorm, BatchNorm, num_classes, in_channels)
+
+
+def bn_lenet_concise(num_classes=10, in_channels=1):
+    """The same network with PyTorch's nn.BatchNorm2d and nn.BatchNorm1d."""
+    return BNLeNet(nn.BatchNorm2d, nn.BatchNorm1d, num_classes, in_channels)
 
 
 # ------------------------------ 06_resnet.ipynb
@@ -416,3 +672,424 @@ class BasicConv2d(nn.Module):
 
     def forward(self, x):
         return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+class InceptionBNBlock(nn.Module):
+    """One BN-Inception module (Ioffe & Szegedy 2015, Figure 5): GoogLeNet's block with
+    batch norm after every convolution and its 5x5 branch replaced by two stacked 3x3s.
+
+    With ``stride=2`` it is a grid-reduction module: the 1x1 branch is dropped, the last
+    3x3 of each 3x3 branch has stride 2, and the pooling branch is a stride-2 max pool
+    passed through without projection (``pool_proj=0``).
+    """
+    def __init__(self, in_channels, ch1x1, ch3x3_reduce, ch3x3, ch3x3dbl_reduce, ch3x3dbl,
+                 pool_proj, pool="avg", stride=1):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(in_channels, ch1x1, kernel_size=1) if ch1x1 else None
+        self.branch3x3 = nn.Sequential(
+            BasicConv2d(in_channels, ch3x3_reduce, kernel_size=1),
+            BasicConv2d(ch3x3_reduce, ch3x3, kernel_size=3, stride=stride, padding=1))
+        self.branch3x3dbl = nn.Sequential(  # two 3x3s: the 5x5 receptive field, 28% cheaper
+            BasicConv2d(in_channels, ch3x3dbl_reduce, kernel_size=1),
+            BasicConv2d(ch3x3dbl_reduce, ch3x3dbl, kernel_size=3, padding=1),
+            BasicConv2d(ch3x3dbl, ch3x3dbl, kernel_size=3, stride=stride, padding=1))
+        pool_layer = (nn.AvgPool2d if pool == "avg" else nn.MaxPool2d)(3, stride=stride, padding=1)
+        self.branch_pool = nn.Sequential(
+            pool_layer, *([BasicConv2d(in_channels, pool_proj, kernel_size=1)] if pool_proj else []))
+        self.out_channels = ch1x1 + ch3x3 + ch3x3dbl + (pool_proj or in_channels)
+
+    def forward(self, x):
+        branches = [self.branch3x3(x), self.branch3x3dbl(x), self.branch_pool(x)]
+        if self.branch1x1 is not None:
+            branches.insert(0, self.branch1x1(x))
+        return torch.cat(branches, dim=1)
+
+
+class InceptionBN(nn.Module):
+    """BN-Inception ("Inception v2"), the network of the batch-normalization paper (Figure 5)."""
+    # (in, #1x1, #3x3 reduce, #3x3, double #3x3 reduce, double #3x3, pool proj, pool, stride)
+    CONFIG = {
+        "3a": (192, 64, 64, 64, 64, 96, 32, "avg", 1),
+        "3b": (256, 64, 64, 96, 64, 96, 64, "avg", 1),
+        "3c": (320, 0, 128, 160, 64, 96, 0, "max", 2),
+        "4a": (576, 224, 64, 96, 96, 128, 128, "avg", 1),
+        "4b": (576, 192, 96, 128, 96, 128, 128, "avg", 1),
+        "4c": (576, 160, 128, 160, 128, 160, 128, "avg", 1),
+        "4d": (608, 96, 128, 192, 160, 192, 128, "avg", 1),
+        "4e": (608, 0, 128, 192, 192, 256, 0, "max", 2),
+        "5a": (1056, 352, 192, 320, 160, 224, 128, "avg", 1),
+        "5b": (1024, 352, 192, 320, 192, 224, 128, "max", 1),
+    }
+
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.in_channels = in_channels
+        self.stem = nn.Sequential(  # GoogLeNet's stem, with BN and without local response norm
+            BasicConv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
+            nn.MaxPool2d(3, stride=2, padding=1),
+            BasicConv2d(64, 64, kernel_size=1),
+            BasicConv2d(64, 192, kernel_size=3, padding=1),
+            nn.MaxPool2d(3, stride=2, padding=1))
+        self.inception3 = self._make_stage("3a", "3b", "3c")
+        self.inception4 = self._make_stage("4a", "4b", "4c", "4d", "4e")
+        self.inception5 = self._make_stage("5a", "5b")
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(1024, num_classes)  # 5b's 352 + 320 + 224 + 128 channels; no dropout (Sec. 4.2.1)
+
+    def _make_stage(self, *names):
+        blocks = [InceptionBNBlock(*self.CONFIG[name]) for name in names]
+        for before, after in zip(blocks, blocks[1:]):  # channel bookkeeping checked at build time
+            assert before.out_channels == after.branch3x3[0].conv.in_channels, (before, after)
+        return nn.Sequential(*blocks)
+
+    def forward(self, x):
+        check_images(x, model="BN-Inception", in_channels=self.in_channels, min_size=32)
+        x = self.inception5(self.inception4(self.inception3(self.stem(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def inception_bn(num_classes=10, in_channels=1):
+    """BN-Inception (Inception v2); ImageNet: ``inception_bn(1000, 3)`` at 224x224."""
+    return InceptionBN(num_classes=num_classes, in_channels=in_channels)
+
+
+class InceptionV3A(nn.Module):
+    """Inception-v3 module for the 35x35 grid (paper Figure 5): 5x5 factorized into 3x3s.
+
+    Layout of the released model (TF-slim, torchvision): besides the double-3x3 branch it
+    keeps a 1x1 -> 5x5 branch, which the paper's figure does not show.
+    """
+    def __init__(self, in_channels, pool_features):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(in_channels, 64, kernel_size=1)
+        self.branch5x5_1 = BasicConv2d(in_channels, 48, kernel_size=1)
+        self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
+        self.pool = nn.AvgPool2d(3, stride=1, padding=1)
+        self.branch_pool = BasicConv2d(in_channels, pool_features, kernel_size=1)
+
+    def forward(self, x):
+        branch1x1 = self.branch1x1(x)
+        branch5x5 = self.branch5x5_2(self.branch5x5_1(x))
+        branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        branch_pool = self.branch_pool(self.pool(x))
+        return torch.cat([branch1x1, branch5x5, branch3x3dbl, branch_pool], dim=1)
+
+
+class InceptionV3C(nn.Module):
+    """Inception-v3 module for the 17x17 grid (paper Figure 6, n = 7): 7x7 as 1x7 then 7x1."""
+    def __init__(self, in_channels, channels_7x7):
+        super().__init__()
+        c7 = channels_7x7
+        self.branch1x1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch7x7_1 = BasicConv2d(in_channels, c7, kernel_size=1)
+        self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7_3 = BasicConv2d(c7, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_1 = BasicConv2d(in_channels, c7, kernel_size=1)
+        self.branch7x7dbl_2 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_3 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7dbl_4 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.pool = nn.AvgPool2d(3, stride=1, padding=1)
+        self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
+
+    def forward(self, x):
+        branch7x7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        branch7x7dbl = self.branch7x7dbl_1(x)
+        for conv in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+            branch7x7dbl = conv(branch7x7dbl)
+        branch_pool = self.branch_pool(self.pool(x))
+        return torch.cat([self.branch1x1(x), branch7x7, branch7x7dbl, branch_pool], dim=1)
+
+
+class InceptionV3E(nn.Module):
+    """Inception-v3 module for the 8x8 grid (paper Figure 7): the 1x3 and 3x1 run side by side,
+    widening the output (principle 2: high-dimensional representations, processed locally)."""
+    def __init__(self, in_channels):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(in_channels, 320, kernel_size=1)
+        self.branch3x3_1 = BasicConv2d(in_channels, 384, kernel_size=1)
+        self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3_2b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, 448, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(448, 384, kernel_size=3, padding=1)
+        self.branch3x3dbl_3a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.pool = nn.AvgPool2d(3, stride=1, padding=1)
+        self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
+
+    def forward(self, x):
+        branch3x3 = self.branch3x3_1(x)
+        branch3x3 = torch.cat([self.branch3x3_2a(branch3x3), self.branch3x3_2b(branch3x3)], dim=1)
+        branch3x3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        branch3x3dbl = torch.cat([self.branch3x3dbl_3a(branch3x3dbl),
+                                  self.branch3x3dbl_3b(branch3x3dbl)], dim=1)
+        branch_pool = self.branch_pool(self.pool(x))
+        return torch.cat([self.branch1x1(x), branch3x3, branch3x3dbl, branch_pool], dim=1)
+
+
+class InceptionV3B(nn.Module):
+    """Grid reduction 35x35 -> 17x17 (paper Figure 10): stride-2 convs beside a stride-2 max pool."""
+    def __init__(self, in_channels):
+        super().__init__()
+        self.branch3x3 = BasicConv2d(in_channels, 384, kernel_size=3, stride=2)
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
+        self.pool = nn.MaxPool2d(3, stride=2)
+
+    def forward(self, x):
+        branch3x3 = self.branch3x3(x)
+        branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([branch3x3, branch3x3dbl, self.pool(x)], dim=1)
+
+
+class InceptionV3D(nn.Module):
+    """Grid reduction 17x17 -> 8x8: stride-2 convs beside a stride-2 max pool."""
+    def __init__(self, in_channels):
+        super().__init__()
+        self.branch3x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2)
+        self.branch7x7x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
+        self.pool = nn.MaxPool2d(3, stride=2)
+
+    def forward(self, x):
+        branch3x3 = self.branch3x3_2(self.branch3x3_1(x))
+        branch7x7x3 = self.branch7x7x3_1(x)
+        for conv in (self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
+            branch7x7x3 = conv(branch7x7x3)
+        return torch.cat([branch3x3, branch7x7x3, self.pool(x)], dim=1)
+
+
+class InceptionV3Aux(nn.Module):
+    """Auxiliary classifier on the 17x17 grid: 5x5/3 average pool -> 1x1 conv -> 5x5 conv -> linear.
+
+    Both convolutions are batch-normalized (the paper's "BN-auxiliary" also normalizes the
+    linear layer; the released model does not, and we follow the released model).
+    """
+    def __init__(self, in_channels, num_classes):
+        super().__init__()
+        self.pool = nn.AvgPool2d(5, stride=3)  # 17x17 -> 5x5
+        self.conv0 = BasicConv2d(in_channels, 128, kernel_size=1)
+        self.conv1 = BasicConv2d(128, 768, kernel_size=5)  # 5x5 -> 1x1
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        x = self.conv1(self.conv0(self.pool(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def inception_v3_min_size(stem_stride=2, stem_pool=True, aux=False):
+    """Smallest input side Inception-v3's downsampling survives (299 layout: 75; 299 with the aux head)."""
+    def out(size, kernel, stride):  # output side of an unpadded convolution or pooling
+        return (size - kernel) // stride + 1
+    for side in range(3, 1000):
+        size = out(out(side, 3, stem_stride), 3, 1)          # Conv2d_1a_3x3, Conv2d_2a_3x3
+        size = out(size, 3, 2) if stem_pool else size          # maxpool1
+        size = out(out(size, 3, 1), 3, 2)                      # Conv2d_4a_3x3, maxpool2: the 35x35 grid
+        grid17 = out(size, 3, 2)                               # Mixed_6a
+        # The aux head pools 5x5/3 and then needs a 5x5 map for its 5x5 conv: a 17x17 grid at least.
+        if out(grid17, 3, 2) >= 1 and (not aux or grid17 >= 17):  # Mixed_7a
+            return side
+
+
+class InceptionV3(nn.Module):
+    """Inception-v3 (Szegedy et al. 2016), layer for layer the released model (torchvision names).
+
+    ``stem_stride`` and ``stem_pool`` give the paper's low-resolution variants (Sec. 7):
+    stride 1 in the first conv, and no max pool after the first three convs.
+    """
+    def __init__(self, num_classes=10, in_channels=1, aux_logits=True, dropout=0.5,
+                 stem_stride=2, stem_pool=True):
+        super().__init__()
+        self.in_channels, self.aux_logits = in_channels, aux_logits
+        self.min_size = inception_v3_min_size(stem_stride, stem_pool)
+        self.aux_min_size = inception_v3_min_size(stem_stride, stem_pool, aux=True)
+        self.Conv2d_1a_3x3 = BasicConv2d(in_channels, 32, kernel_size=3, stride=stem_stride)
+        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
+        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+        self.maxpool1 = nn.MaxPool2d(3, stride=2) if stem_pool else nn.Identity()
+        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
+        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
+        self.maxpool2 = nn.MaxPool2d(3, stride=2)
+        self.Mixed_5b = InceptionV3A(192, pool_features=32)   # 35x35: 64 + 64 + 96 + 32 = 256
+        self.Mixed_5c = InceptionV3A(256, pool_features=64)   # 288
+        self.Mixed_5d = InceptionV3A(288, pool_features=64)   # 288
+        self.Mixed_6a = InceptionV3B(288)                     # 17x17: 384 + 96 + 288 = 768
+        self.Mixed_6b = InceptionV3C(768, channels_7x7=128)   # 4 x 192 = 768
+        self.Mixed_6c = InceptionV3C(768, channels_7x7=160)
+        self.Mixed_6d = InceptionV3C(768, channels_7x7=160)
+        self.Mixed_6e = InceptionV3C(768, channels_7x7=192)
+        self.AuxLogits = InceptionV3Aux(768, num_classes) if aux_logits else None
+        self.Mixed_7a = InceptionV3D(768)                     # 8x8: 320 + 192 + 768 = 1280
+        self.Mixed_7b = InceptionV3E(1280)                    # 320 + 768 + 768 + 192 = 2048
+        self.Mixed_7c = InceptionV3E(2048)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(2048, num_classes)
+    def forward(self, x):
+        check_images(x, model="Inception-v3", in_channels=self.in_channels, min_size=self.min_size)
+        if self.AuxLogits is not None and self.training:
+            check_images(x, model="Inception-v3 training with its auxiliary classifier (or build it "
+                         "with aux_logits=False)", in_channels=self.in_channels, min_size=self.aux_min_size)
+        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
+                     "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
+                     "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"):
+            x = getattr(self, name)(x)
+        # The auxiliary head only trains the lower layers; it is not used for prediction.
+        aux = self.AuxLogits(x) if self.AuxLogits is not None and self.training else None
+        x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
+        logits = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
+        return (logits, aux) if aux is not None else logits
+
+
+def inception_v3(num_classes=10, in_channels=1, aux_logits=True, **kwargs):
+    """Inception-v3; ImageNet: ``inception_v3(1000, 3)`` at 299x299 (torchvision's layout)."""
+    return InceptionV3(num_classes=num_classes, in_channels=in_channels, aux_logits=aux_logits, **kwargs)
+
+
+# ------------------------------ 08_structural_tweaks.ipynb
+
+def dilated_kernel_size(kernel_size, dilation):
+    """Input pixels one side of a dilated kernel spans: k + (k - 1)(d - 1)."""
+    return kernel_size + (kernel_size - 1) * (dilation - 1)
+
+
+def stacked_receptive_field(layers):
+    """Receptive field (pixels, one side) of a stack of ``(kernel_size, dilation, stride)`` layers."""
+    field, jump = 1, 1
+    for kernel_size, dilation, stride in layers:
+        field += (dilated_kernel_size(kernel_size, dilation) - 1) * jump
+        jump *= stride
+    return field
+
+
+def gradient_receptive_field(net, input_size, in_channels=1):
+    """Input pixels that reach the centre output pixel of ``net``, found by autograd.
+
+    Returns ``(mask, paths)``: a boolean (H, W) mask of the non-zero input gradient and the
+    gradient itself. Use linear layers with positive weights so no contribution cancels.
+    """
+    x = torch.zeros(1, in_channels, input_size, input_size, requires_grad=True)
+    out = net(x)
+    height, width = out.shape[-2:]
+    out[0, :, height // 2, width // 2].sum().backward()
+    paths = x.grad[0].abs().sum(0)
+    return paths != 0, paths
+
+
+class DilatedConvStack(nn.Sequential):
+    """3x3 conv-BN-ReLU layers with the given dilation rates, size-preserving (HDC: rates=(1, 2, 3))."""
+
+    def __init__(self, in_channels, out_channels, rates=(1, 2, 3)):
+        super().__init__()
+        self.rates = tuple(rates)
+        for i, rate in enumerate(self.rates):
+            self.add_module(f"conv{i + 1}", nn.Conv2d(in_channels if i == 0 else out_channels,
+                                                      out_channels, 3, padding=rate,
+                                                      dilation=rate, bias=False))
+            self.add_module(f"bn{i + 1}", nn.BatchNorm2d(out_channels))
+            self.add_module(f"relu{i + 1}", nn.ReLU(inplace=True))
+
+    def receptive_field(self):
+        return stacked_receptive_field([(3, rate, 1) for rate in self.rates])
+
+
+RECTIFIER_KINDS = ("relu", "leaky", "rrelu", "prelu", "prelu-channel")
+
+
+def make_rectifier(kind, channels):
+    """A new rectifier module: one of ``RECTIFIER_KINDS`` (``channels`` sizes channel-wise PReLU)."""
+    if kind == "relu":
+        return nn.ReLU(inplace=True)
+    if kind == "leaky":
+        return nn.LeakyReLU(0.01, inplace=True)
+    if kind == "rrelu":
+        return nn.RReLU(lower=1 / 8, upper=1 / 3)  # PyTorch's defaults
+    if kind == "prelu":
+        return nn.PReLU(num_parameters=1, init=0.25)  # one slope shared by the layer
+    if kind == "prelu-channel":
+        return nn.PReLU(num_parameters=channels, init=0.25)  # one slope per channel
+    raise ValueError(f"unknown rectifier {kind!r}; choose one of {RECTIFIER_KINDS}")
+
+
+class RectifierCNN(nn.Sequential):
+    """Four 3x3 conv-BN-rectifier layers, global average pooling, a linear layer.
+
+    Built to compare rectifiers: ``rectifier`` is any of ``RECTIFIER_KINDS``.
+    """
+
+    def __init__(self, rectifier="relu", num_classes=10, in_channels=1, widths=(32, 64, 128, 128)):
+        super().__init__()
+        self.in_channels, self.kind = in_channels, rectifier
+        channels = in_channels
+        for i, width in enumerate(widths):
+            self.add_module(f"block{i + 1}", nn.Sequential(
+                nn.Conv2d(channels, width, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm2d(width), make_rectifier(rectifier, width)))
+            if i < 2:  # 28 -> 14 -> 7: two halvings are enough for 28-pixel images
+                self.add_module(f"pool{i + 1}", nn.MaxPool2d(2))
+            channels = width
+        self.add_module("avgpool", nn.AdaptiveAvgPool2d(1))
+        self.add_module("flatten", nn.Flatten())
+        self.add_module("fc", nn.Linear(channels, num_classes))
+
+    def forward(self, x):
+        check_images(x, model=f"RectifierCNN({self.kind})", in_channels=self.in_channels, min_size=4)
+        return super().forward(x)
+
+    def prelu_slopes(self):
+        """The learned slopes of each PReLU layer, first layer first (empty for other rectifiers)."""
+        return [m.weight.detach().cpu() for m in self.modules() if isinstance(m, nn.PReLU)]
+
+
+class InvertedDropout(nn.Module):
+    """Dropout written out: while training, zero each element with probability ``p`` and
+    scale the rest by 1/(1-p); in eval mode return the input unchanged."""
+
+    def __init__(self, p=0.5, generator=None):
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(f"dropout probability must be between 0 and 1, got {p}")
+        self.p, self.generator = p, generator
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        if self.p == 1:
+            return torch.zeros_like(x)
+        keep = 1 - self.p
+        mask = torch.empty_like(x).bernoulli_(keep, generator=self.generator)
+        return x * mask * (1.0 / keep)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class FrozenBackboneProbe(nn.Module):
+    """A new linear head on a frozen feature extractor (a linear probe).
+
+    ``backbone`` maps images to ``(N, feature_dim)`` features; its parameters are frozen and
+    it stays in eval mode (batch norm keeps its running statistics) even while training.
+    """
+
+    def __init__(self, backbone, feature_dim, num_classes):
+        super().__init__()
+        self.backbone = backbone.requires_grad_(False)
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def forward(self, x):
+        with torch.no_grad():
+            features = self.backbone(x)
+        return self.head(features)
