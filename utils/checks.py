@@ -9,11 +9,12 @@ class InputSizeError(ValueError):
 
 
 def check_images(x: torch.Tensor, *, model: str, in_channels: int, min_size: int | None = None,
-                 sizes: tuple[int, int] | None = None) -> None:
+                 sizes: tuple[int, int] | None = None, preferred: int | None = None) -> None:
     """Check that ``x`` is ``(N, in_channels, H, W)`` with H and W allowed by the model.
 
     ``min_size``: the smallest side the model's downsampling survives; ``sizes``: an
-    inclusive range of sides for models whose first linear layer fixes the resolution.
+    inclusive range of sides for models whose first linear layer fixes the resolution;
+    ``preferred``: the side to suggest (default: the smallest that works).
     """
     if x.dim() != 4:
         raise InputSizeError(f"{model} expects a batch of images (N, C, H, W), got shape "
@@ -28,9 +29,10 @@ def check_images(x: torch.Tensor, *, model: str, in_channels: int, min_size: int
         wanted = f"{sizes[0]}x{sizes[0]}" if sizes[0] == sizes[1] else f"{sizes[0]} to {sizes[1]} pixels"
         raise InputSizeError(
             f"{model} needs {wanted} input (its first linear layer is sized for it); got "
-            f"{height}x{width}. Resize the data, e.g. fashion_mnist(batch_size, resize={sizes[0]}).")
+            f"{height}x{width}. Resize the data, e.g. "
+            f"fashion_mnist(batch_size, resize={preferred or sizes[0]}).")
     if min_size is not None and side < min_size:
         raise InputSizeError(
             f"{model} needs input of at least {min_size}x{min_size} pixels (its downsampling "
             f"would shrink anything smaller to nothing); got {height}x{width}. Resize the data, "
-            f"e.g. fashion_mnist(batch_size, resize={min_size}).")
+            f"e.g. fashion_mnist(batch_size, resize={preferred or min_size}).")

@@ -954,6 +954,356 @@ def inception_v3(num_classes=10, in_channels=1, aux_logits=True, **kwargs):
     return InceptionV3(num_classes=num_classes, in_channels=in_channels, aux_logits=aux_logits, **kwargs)
 
 
+# ------------------------------ 07_inception_v4_resnet.ipynb
+
+class InceptionV4Stem(nn.Module):
+    """Figure 3 of the Inception-v4 paper: 299x299 -> 35x35x384."""
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        self.conv1 = BasicConv2d(in_channels, 32, kernel_size=3, stride=2)   # 299 -> 149
+        self.conv2 = BasicConv2d(32, 32, kernel_size=3)                      # 149 -> 147
+        self.conv3 = BasicConv2d(32, 64, kernel_size=3, padding=1)           # 147 -> 147
+        # split 1 (147 -> 73): max-pool beside a strided conv, 64 + 96 = 160 channels
+        self.split1_pool = nn.MaxPool2d(3, stride=2)
+        self.split1_conv = BasicConv2d(64, 96, kernel_size=3, stride=2)
+        # split 2 (73 -> 71): two towers that end in a valid 3x3, 96 + 96 = 192 channels
+        self.split2_branch0 = nn.Sequential(BasicConv2d(160, 64, kernel_size=1),
+                                            BasicConv2d(64, 96, kernel_size=3))
+        self.split2_branch1 = nn.Sequential(
+            BasicConv2d(160, 64, kernel_size=1),
+            BasicConv2d(64, 64, kernel_size=(1, 7), padding=(0, 3)),
+            BasicConv2d(64, 64, kernel_size=(7, 1), padding=(3, 0)),
+            BasicConv2d(64, 96, kernel_size=3))
+        # split 3 (71 -> 35): strided conv beside a max-pool, 192 + 192 = 384 channels
+        self.split3_conv = BasicConv2d(192, 192, kernel_size=3, stride=2)
+        self.split3_pool = nn.MaxPool2d(3, stride=2)
+        self.out_channels = 384
+
+    def forward(self, x):
+        x = self.conv3(self.conv2(self.conv1(x)))
+        x = torch.cat([self.split1_pool(x), self.split1_conv(x)], 1)
+        x = torch.cat([self.split2_branch0(x), self.split2_branch1(x)], 1)
+        return torch.cat([self.split3_conv(x), self.split3_pool(x)], 1)
+
+
+class InceptionV4A(nn.Module):
+    """Figure 4: the 35x35 block, 384 channels in and out (96 from each of four branches)."""
+
+    def __init__(self, in_channels: int = 384):
+        super().__init__()
+        self.branch0 = BasicConv2d(in_channels, 96, kernel_size=1)
+        self.branch1 = nn.Sequential(BasicConv2d(in_channels, 64, kernel_size=1),
+                                     BasicConv2d(64, 96, kernel_size=3, padding=1))
+        self.branch2 = nn.Sequential(BasicConv2d(in_channels, 64, kernel_size=1),
+                                     BasicConv2d(64, 96, kernel_size=3, padding=1),
+                                     BasicConv2d(96, 96, kernel_size=3, padding=1))
+        self.branch3 = nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
+                                     BasicConv2d(in_channels, 96, kernel_size=1))
+
+    def forward(self, x):
+        return torch.cat([self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)], 1)
+
+
+class ReductionA(nn.Module):
+    """Figure 7: 35x35 -> 17x17 with filter counts k, l, m, n (Table 1 of the paper)."""
+
+    def __init__(self, in_channels: int, k: int, l: int, m: int, n: int):
+        super().__init__()
+        self.branch0 = BasicConv2d(in_channels, n, kernel_size=3, stride=2)
+        self.branch1 = nn.Sequential(BasicConv2d(in_channels, k, kernel_size=1),
+                                     BasicConv2d(k, l, kernel_size=3, padding=1),
+                                     BasicConv2d(l, m, kernel_size=3, stride=2))
+        self.branch2 = nn.MaxPool2d(3, stride=2)   # passes all input channels through
+        self.out_channels = n + m + in_channels
+
+    def forward(self, x):
+        return torch.cat([self.branch0(x), self.branch1(x), self.branch2(x)], 1)
+
+
+class InceptionV4B(nn.Module):
+    """Figure 5: the 17x17 block, 1024 channels in and out; 7x7 views built from 1x7 and 7x1."""
+
+    def __init__(self, in_channels: int = 1024):
+        super().__init__()
+        self.branch0 = BasicConv2d(in_channels, 384, kernel_size=1)
+        self.branch1 = nn.Sequential(
+            BasicConv2d(in_channels, 192, kernel_size=1),
+            BasicConv2d(192, 224, kernel_size=(1, 7), padding=(0, 3)),
+            BasicConv2d(224, 256, kernel_size=(7, 1), padding=(3, 0)))
+        self.branch2 = nn.Sequential(
+            BasicConv2d(in_channels, 192, kernel_size=1),
+            BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0)),
+            BasicConv2d(192, 224, kernel_size=(1, 7), padding=(0, 3)),
+            BasicConv2d(224, 224, kernel_size=(7, 1), padding=(3, 0)),
+            BasicConv2d(224, 256, kernel_size=(1, 7), padding=(0, 3)))
+        self.branch3 = nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
+                                     BasicConv2d(in_channels, 128, kernel_size=1))
+
+    def forward(self, x):
+        return torch.cat([self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)], 1)
+
+
+class InceptionV4ReductionB(nn.Module):
+    """Figure 8: 17x17x1024 -> 8x8x1536."""
+
+    def __init__(self, in_channels: int = 1024):
+        super().__init__()
+        self.branch0 = nn.Sequential(BasicConv2d(in_channels, 192, kernel_size=1),
+                                     BasicConv2d(192, 192, kernel_size=3, stride=2))
+        self.branch1 = nn.Sequential(
+            BasicConv2d(in_channels, 256, kernel_size=1),
+            BasicConv2d(256, 256, kernel_size=(1, 7), padding=(0, 3)),
+            BasicConv2d(256, 320, kernel_size=(7, 1), padding=(3, 0)),
+            BasicConv2d(320, 320, kernel_size=3, stride=2))
+        self.branch2 = nn.MaxPool2d(3, stride=2)
+        self.out_channels = 192 + 320 + in_channels
+
+    def forward(self, x):
+        return torch.cat([self.branch0(x), self.branch1(x), self.branch2(x)], 1)
+
+
+class InceptionV4C(nn.Module):
+    """Figure 6: the 8x8 block, 1536 channels; branches 1 and 2 end in 1x3 and 3x1 side by side."""
+
+    def __init__(self, in_channels: int = 1536):
+        super().__init__()
+        self.branch0 = BasicConv2d(in_channels, 256, kernel_size=1)
+        self.branch1 = BasicConv2d(in_channels, 384, kernel_size=1)
+        self.branch1_1x3 = BasicConv2d(384, 256, kernel_size=(1, 3), padding=(0, 1))
+        self.branch1_3x1 = BasicConv2d(384, 256, kernel_size=(3, 1), padding=(1, 0))
+        self.branch2 = nn.Sequential(BasicConv2d(in_channels, 384, kernel_size=1),
+                                     BasicConv2d(384, 448, kernel_size=(3, 1), padding=(1, 0)),
+                                     BasicConv2d(448, 512, kernel_size=(1, 3), padding=(0, 1)))
+        self.branch2_1x3 = BasicConv2d(512, 256, kernel_size=(1, 3), padding=(0, 1))
+        self.branch2_3x1 = BasicConv2d(512, 256, kernel_size=(3, 1), padding=(1, 0))
+        self.branch3 = nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
+                                     BasicConv2d(in_channels, 256, kernel_size=1))
+
+    def forward(self, x):
+        x1, x2 = self.branch1(x), self.branch2(x)
+        return torch.cat([self.branch0(x), self.branch1_1x3(x1), self.branch1_3x1(x1),
+                          self.branch2_1x3(x2), self.branch2_3x1(x2), self.branch3(x)], 1)
+
+
+class InceptionV4(nn.Module):
+    """Inception-v4 (Figure 9): stem, A blocks, Reduction-A, B blocks, Reduction-B, C blocks, head."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, blocks=(4, 7, 3),
+                 dropout: float = 0.2):
+        super().__init__()
+        self.in_channels = in_channels
+        self.stem = InceptionV4Stem(in_channels)
+        self.inception_a = nn.Sequential(*[InceptionV4A(384) for _ in range(blocks[0])])
+        self.reduction_a = ReductionA(384, k=192, l=224, m=256, n=384)   # -> 1024 channels
+        self.inception_b = nn.Sequential(*[InceptionV4B(1024) for _ in range(blocks[1])])
+        self.reduction_b = InceptionV4ReductionB(1024)                   # -> 1536 channels
+        self.inception_c = nn.Sequential(*[InceptionV4C(1536) for _ in range(blocks[2])])
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(1536, num_classes)
+
+    def forward(self, x):
+        check_images(x, model="Inception-v4", in_channels=self.in_channels, min_size=75)
+        x = self.reduction_a(self.inception_a(self.stem(x)))
+        x = self.inception_c(self.reduction_b(self.inception_b(x)))
+        return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
+
+
+def inception_v4(num_classes: int = 10, in_channels: int = 1, **overrides) -> InceptionV4:
+    """Inception-v4; ImageNet: ``inception_v4(1000, 3)`` at 299x299. ``blocks=(1, 1, 1)`` etc. reduce it."""
+    return InceptionV4(num_classes=num_classes, in_channels=in_channels, **overrides)
+
+
+class InceptionResNetA(nn.Module):
+    """Figures 10 (v1) and 16 (v2): three towers at 35x35, a linear 1x1 conv back to
+    ``in_channels``, scaled and added to the input, then ReLU."""
+
+    def __init__(self, in_channels: int, branch0: int, branch1: tuple, branch2: tuple,
+                 scale: float = 1.0, activation: bool = True):
+        super().__init__()
+        self.branch0 = BasicConv2d(in_channels, branch0, kernel_size=1)
+        self.branch1 = nn.Sequential(BasicConv2d(in_channels, branch1[0], kernel_size=1),
+                                     BasicConv2d(branch1[0], branch1[1], kernel_size=3, padding=1))
+        self.branch2 = nn.Sequential(BasicConv2d(in_channels, branch2[0], kernel_size=1),
+                                     BasicConv2d(branch2[0], branch2[1], kernel_size=3, padding=1),
+                                     BasicConv2d(branch2[1], branch2[2], kernel_size=3, padding=1))
+        # linear: no batch norm and no ReLU, so the residual can push activations down as well as up
+        self.expand = nn.Conv2d(branch0 + branch1[-1] + branch2[-1], in_channels, kernel_size=1)
+        self.scale, self.activation = scale, activation
+
+    def forward(self, x):
+        residual = self.expand(torch.cat([self.branch0(x), self.branch1(x), self.branch2(x)], 1))
+        out = x + self.scale * residual
+        return F.relu(out) if self.activation else out
+
+
+class InceptionResNetB(nn.Module):
+    """Figures 11 (v1) and 17 (v2): a 1x1 beside 1x1 -> 1x7 -> 7x1 at 17x17; scaled residual."""
+
+    def __init__(self, in_channels: int, branch0: int, branch1: tuple,
+                 scale: float = 1.0, activation: bool = True):
+        super().__init__()
+        self.branch0 = BasicConv2d(in_channels, branch0, kernel_size=1)
+        self.branch1 = nn.Sequential(
+            BasicConv2d(in_channels, branch1[0], kernel_size=1),
+            BasicConv2d(branch1[0], branch1[1], kernel_size=(1, 7), padding=(0, 3)),
+            BasicConv2d(branch1[1], branch1[2], kernel_size=(7, 1), padding=(3, 0)))
+        self.expand = nn.Conv2d(branch0 + branch1[-1], in_channels, kernel_size=1)
+        self.scale, self.activation = scale, activation
+
+    def forward(self, x):
+        residual = self.expand(torch.cat([self.branch0(x), self.branch1(x)], 1))
+        out = x + self.scale * residual
+        return F.relu(out) if self.activation else out
+
+
+class InceptionResNetC(nn.Module):
+    """Figures 13 (v1) and 19 (v2): a 1x1 beside 1x1 -> 1x3 -> 3x1 at 8x8; scaled residual."""
+
+    def __init__(self, in_channels: int, branch0: int, branch1: tuple,
+                 scale: float = 1.0, activation: bool = True):
+        super().__init__()
+        self.branch0 = BasicConv2d(in_channels, branch0, kernel_size=1)
+        self.branch1 = nn.Sequential(
+            BasicConv2d(in_channels, branch1[0], kernel_size=1),
+            BasicConv2d(branch1[0], branch1[1], kernel_size=(1, 3), padding=(0, 1)),
+            BasicConv2d(branch1[1], branch1[2], kernel_size=(3, 1), padding=(1, 0)))
+        self.expand = nn.Conv2d(branch0 + branch1[-1], in_channels, kernel_size=1)
+        self.scale, self.activation = scale, activation
+
+    def forward(self, x):
+        residual = self.expand(torch.cat([self.branch0(x), self.branch1(x)], 1))
+        out = x + self.scale * residual
+        return F.relu(out) if self.activation else out
+
+
+class InceptionResNetReductionB(nn.Module):
+    """Figures 12 (v1) and 18 (v2): 17x17 -> 8x8 with three conv towers and a max-pool."""
+
+    def __init__(self, in_channels: int, branch0: tuple, branch1: tuple, branch2: tuple):
+        super().__init__()
+        self.branch0 = nn.Sequential(BasicConv2d(in_channels, branch0[0], kernel_size=1),
+                                     BasicConv2d(branch0[0], branch0[1], kernel_size=3, stride=2))
+        self.branch1 = nn.Sequential(BasicConv2d(in_channels, branch1[0], kernel_size=1),
+                                     BasicConv2d(branch1[0], branch1[1], kernel_size=3, stride=2))
+        self.branch2 = nn.Sequential(BasicConv2d(in_channels, branch2[0], kernel_size=1),
+                                     BasicConv2d(branch2[0], branch2[1], kernel_size=3, padding=1),
+                                     BasicConv2d(branch2[1], branch2[2], kernel_size=3, stride=2))
+        self.branch3 = nn.MaxPool2d(3, stride=2)
+        self.out_channels = branch0[-1] + branch1[-1] + branch2[-1] + in_channels
+
+    def forward(self, x):
+        return torch.cat([self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)], 1)
+
+
+class InceptionResNetV1Stem(nn.Module):
+    """Figure 14: the plain stem of Inception-ResNet-v1, 299x299 -> 35x35x256."""
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        self.conv1 = BasicConv2d(in_channels, 32, kernel_size=3, stride=2)   # 299 -> 149
+        self.conv2 = BasicConv2d(32, 32, kernel_size=3)                      # -> 147
+        self.conv3 = BasicConv2d(32, 64, kernel_size=3, padding=1)           # -> 147
+        self.pool = nn.MaxPool2d(3, stride=2)                                # -> 73
+        self.conv4 = BasicConv2d(64, 80, kernel_size=1)                      # -> 73
+        self.conv5 = BasicConv2d(80, 192, kernel_size=3)                     # -> 71
+        self.conv6 = BasicConv2d(192, 256, kernel_size=3, stride=2)          # -> 35
+        self.out_channels = 256
+
+    def forward(self, x):
+        x = self.pool(self.conv3(self.conv2(self.conv1(x))))
+        return self.conv6(self.conv5(self.conv4(x)))
+
+
+class InceptionResNetV2Stem(nn.Module):
+    """The released (TF-slim) stem of Inception-ResNet-v2, 299x299 -> 35x35x320: Figure 14's
+    first five convolutions, a max-pool, then one Inception block with a 5x5 branch."""
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        self.conv1 = BasicConv2d(in_channels, 32, kernel_size=3, stride=2)
+        self.conv2 = BasicConv2d(32, 32, kernel_size=3)
+        self.conv3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+        self.pool1 = nn.MaxPool2d(3, stride=2)
+        self.conv4 = BasicConv2d(64, 80, kernel_size=1)
+        self.conv5 = BasicConv2d(80, 192, kernel_size=3)
+        self.pool2 = nn.MaxPool2d(3, stride=2)                               # 71 -> 35
+        self.branch0 = BasicConv2d(192, 96, kernel_size=1)
+        self.branch1 = nn.Sequential(BasicConv2d(192, 48, kernel_size=1),
+                                     BasicConv2d(48, 64, kernel_size=5, padding=2))
+        self.branch2 = nn.Sequential(BasicConv2d(192, 64, kernel_size=1),
+                                     BasicConv2d(64, 96, kernel_size=3, padding=1),
+                                     BasicConv2d(96, 96, kernel_size=3, padding=1))
+        self.branch3 = nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
+                                     BasicConv2d(192, 64, kernel_size=1))
+        self.out_channels = 320
+
+    def forward(self, x):
+        x = self.pool1(self.conv3(self.conv2(self.conv1(x))))
+        x = self.pool2(self.conv5(self.conv4(x)))
+        return torch.cat([self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)], 1)
+
+
+INCEPTION_RESNET_V1_PAPER = dict(     # Figures 10-15 of the paper
+    stem=InceptionResNetV1Stem, block_a=(32, (32, 32), (32, 32, 32)),
+    reduction_a=(192, 192, 256, 384), block_b=(128, (128, 128, 128)),
+    reduction_b=((256, 384), (256, 256), (256, 256, 256)), block_c=(192, (192, 192, 192)),
+    blocks=(5, 10, 5), scales=(0.17, 0.10, 0.20), head_channels=None, linear_last_block=False)
+
+INCEPTION_RESNET_V2_SLIM = dict(      # the released TF-slim layout (timm's inception_resnet_v2)
+    stem=InceptionResNetV2Stem, block_a=(32, (32, 32), (32, 48, 64)),
+    reduction_a=(256, 256, 384, 384), block_b=(192, (128, 160, 192)),
+    reduction_b=((256, 384), (256, 288), (256, 288, 320)), block_c=(192, (192, 224, 256)),
+    blocks=(10, 20, 10), scales=(0.17, 0.10, 0.20), head_channels=1536, linear_last_block=True)
+
+
+class InceptionResNet(nn.Module):
+    """Stem, A blocks, Reduction-A, B blocks, Reduction-B, C blocks, [1x1 conv], pool, dropout, FC."""
+
+    def __init__(self, stem, block_a, reduction_a, block_b, reduction_b, block_c, blocks, scales,
+                 head_channels=None, linear_last_block=False, num_classes=10, in_channels=1,
+                 dropout=0.2):
+        super().__init__()
+        self.in_channels = in_channels
+        self.stem = stem(in_channels)
+        width = self.stem.out_channels
+        self.inception_a = nn.Sequential(
+            *[InceptionResNetA(width, *block_a, scale=scales[0]) for _ in range(blocks[0])])
+        self.reduction_a = ReductionA(width, *reduction_a)
+        width = self.reduction_a.out_channels
+        self.inception_b = nn.Sequential(
+            *[InceptionResNetB(width, *block_b, scale=scales[1]) for _ in range(blocks[1])])
+        self.reduction_b = InceptionResNetReductionB(width, *reduction_b)
+        width = self.reduction_b.out_channels
+        c_blocks = [InceptionResNetC(width, *block_c, scale=scales[2]) for _ in range(blocks[2])]
+        if linear_last_block:   # the released v2: the last C block is unscaled and has no ReLU
+            c_blocks[-1] = InceptionResNetC(width, *block_c, scale=1.0, activation=False)
+        self.inception_c = nn.Sequential(*c_blocks)
+        self.head = BasicConv2d(width, head_channels, kernel_size=1) if head_channels else nn.Identity()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)   # the paper keeps 80 % of the features
+        self.fc = nn.Linear(head_channels or width, num_classes)
+
+    def forward(self, x):
+        check_images(x, model="Inception-ResNet", in_channels=self.in_channels, min_size=75)
+        x = self.reduction_a(self.inception_a(self.stem(x)))
+        x = self.inception_c(self.reduction_b(self.inception_b(x)))
+        return self.fc(self.dropout(torch.flatten(self.pool(self.head(x)), 1)))
+
+
+def inception_resnet_v1(num_classes: int = 10, in_channels: int = 1, **overrides) -> InceptionResNet:
+    """Inception-ResNet-v1 as the paper draws it; ImageNet: ``inception_resnet_v1(1000, 3)``."""
+    return InceptionResNet(**{**INCEPTION_RESNET_V1_PAPER, **overrides},
+                           num_classes=num_classes, in_channels=in_channels)
+
+
+def inception_resnet_v2(num_classes: int = 10, in_channels: int = 1, **overrides) -> InceptionResNet:
+    """Inception-ResNet-v2 in the released TF-slim layout (timm's); ImageNet: ``(1000, 3)``."""
+    return InceptionResNet(**{**INCEPTION_RESNET_V2_SLIM, **overrides},
+                           num_classes=num_classes, in_channels=in_channels)
+
+
 # ------------------------------ 08_structural_tweaks.ipynb
 
 def dilated_kernel_size(kernel_size, dilation):
@@ -1025,7 +1375,7 @@ class RectifierCNN(nn.Sequential):
     Built to compare rectifiers: ``rectifier`` is any of ``RECTIFIER_KINDS``.
     """
 
-    def __init__(self, rectifier="relu", num_classes=10, in_channels=1, widths=(32, 64, 128, 128)):
+    def __init__(self, rectifier="relu", num_classes=10, in_channels=1, widths=(16, 32, 64, 64)):
         super().__init__()
         self.in_channels, self.kind = in_channels, rectifier
         channels = in_channels

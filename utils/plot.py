@@ -9,6 +9,24 @@ from matplotlib.ticker import MaxNLocator
 from . import config
 
 
+def _show_figures_inline() -> None:
+    """In a Jupyter kernel, register the PNG formatter so returned Figures are drawn.
+
+    The chapters build figures without pyplot (no global state, nothing shown twice);
+    IPython only knows how to render them once the inline backend is active.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and "IPKernelApp" in getattr(shell, "config", {}):
+        shell.run_line_magic("matplotlib", "inline")
+
+
+_show_figures_inline()
+
+
 def _new_figure(ncols: int = 1, size=(4.2, 3.0)):
     figure = Figure(figsize=(size[0] * ncols, size[1]), layout="constrained")
     axes = figure.subplots(1, ncols)
@@ -32,6 +50,7 @@ def _draw_history(axes, history, points=()):
     acc_ax.set(xlabel="epoch", ylabel="accuracy")
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.set_xlim(left=0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.lines:
             ax.legend(fontsize=8)

@@ -492,6 +492,5 @@ class _ProgressView:
             return
         if self.live is not None:
             self.live.update(self.points)
-            print(self.history.summary())
         elif show_plot and self.history.epochs:
             print("The curves so far: history.plot()")
