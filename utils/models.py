@@ -1443,3 +1443,77 @@ class FrozenBackboneProbe(nn.Module):
         with torch.no_grad():
             features = self.backbone(x)
         return self.head(features)
+
+
+# ------------------------------ 09_competition.ipynb
+
+class RandomCropFlip:
+    """Random crop after zero padding plus random horizontal flip of a float batch (N, C, H, W).
+
+    Works on any device in one gather; ``seed`` makes the sequence of augmentations repeatable.
+    """
+
+    def __init__(self, padding=4, flip=True, seed=0):
+        self.padding, self.flip = padding, flip
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, images):
+        n, _, height, width = images.shape
+        p = self.padding
+        shift_y = torch.randint(0, 2 * p + 1, (n, 1), generator=self.generator)
+        shift_x = torch.randint(0, 2 * p + 1, (n, 1), generator=self.generator)
+        flipped = torch.rand(n, 1, generator=self.generator) < 0.5 if self.flip else torch.zeros(n, 1, dtype=torch.bool)
+        rows = shift_y + torch.arange(height)  # (n, H) rows of the padded image
+        cols = shift_x + torch.arange(width)
+        cols = torch.where(flipped, cols.flip(1), cols)  # a flip reads the columns backwards
+        padded = F.pad(images, (p, p, p, p)).permute(0, 2, 3, 1)  # (n, H + 2p, W + 2p, C)
+        device = images.device
+        batch = torch.arange(n, device=device)[:, None, None]
+        out = padded[batch, rows[:, :, None].to(device), cols[:, None, :].to(device)]
+        return out.permute(0, 3, 1, 2).contiguous()
+
+
+def flip_tta_probabilities(net, images):
+    """Softmax probabilities averaged over the images and their horizontal mirror images."""
+    return (F.softmax(net(images), dim=1) + F.softmax(net(images.flip(-1)), dim=1)) / 2
+
+
+def predict_probabilities(net, loader, tta=False):
+    """Class probabilities (N, K) on the CPU for every batch of ``loader`` (eval mode, in order)."""
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    chunks = []
+    with torch.no_grad():
+        for batch in loader:
+            images = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(device)
+            chunks.append((flip_tta_probabilities(net, images) if tta else F.softmax(net(images), dim=1)).cpu())
+    net.train(was_training)
+    return torch.cat(chunks)
+
+
+def write_submission(path, predicted_classes, class_names):
+    """Write Kaggle's ``id,label`` CSV: ids from 1, labels as class names; returns the path."""
+    with open(path, "w", newline="") as handle:
+        handle.write("id,label\n")
+        for i, c in enumerate(predicted_classes, start=1):
+            handle.write(f"{i},{class_names[int(c)]}\n")
+    return path
+
+
+def score_submission(path, true_classes, class_names):
+    """Accuracy of a submission file against the true class indices; rejects a malformed file."""
+    with open(path) as handle:
+        lines = handle.read().splitlines()
+    if not lines or lines[0] != "id,label":
+        raise ValueError(f"{path}: the first line must be 'id,label', got {lines[:1]}")
+    rows = [line.split(",") for line in lines[1:]]
+    if len(rows) != len(true_classes):
+        raise ValueError(f"{path}: {len(rows)} predictions for {len(true_classes)} test examples")
+    index = {name: i for i, name in enumerate(class_names)}
+    correct = 0
+    for expected_id, (row, truth) in enumerate(zip(rows, true_classes), start=1):
+        if len(row) != 2 or row[0] != str(expected_id) or row[1] not in index:
+            raise ValueError(f"{path}: line {expected_id + 1} should be '{expected_id},<class name>', got {row}")
+        correct += index[row[1]] == int(truth)
+    return correct / len(rows)
