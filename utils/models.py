@@ -334,7 +334,8 @@ class GoogLeNet(nn.Module):
         self.aux2 = GoogLeNetAux(self.inception4d.out_channels, num_classes) if aux_logits else None
 
     def forward(self, x):
-        check_images(x, model="GoogLeNet", in_channels=self.in_channels, min_size=self.min_size)
+        check_images(x, model="GoogLeNet", in_channels=self.in_channels, min_size=self.min_size,
+                     preferred=96)
         x = self.maxpool1(self.conv1(x))
         x = self.maxpool2(self.conv3(self.conv2(x)))
         x = self.maxpool3(self.inception3b(self.inception3a(x)))
