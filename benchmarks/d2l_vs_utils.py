@@ -1,0 +1,503 @@
+"""The book's training loop against ours, on the same model, data, device and settings.
+
+    python -m benchmarks.d2l_vs_utils                    # both configurations, 3 alternating repeats
+    python -m benchmarks.d2l_vs_utils --quick            # small subsets: checks that it all works
+    python -m benchmarks.d2l_vs_utils --config data-bound --repeats 5
+    python -m benchmarks.d2l_vs_utils --overhead-only    # only where utils.train.fit's time goes
+
+For each configuration the same network is trained twice per repeat, in alternating order
+and each time in a fresh Python process:
+
+- **d2l**: the book's code as printed, ``d2l.load_data_fashion_mnist`` (torchvision
+  dataset, PIL transforms, a ``DataLoader`` with the book's 4 worker processes) and
+  ``d2l.train_ch6`` (SGD, Xavier init, its animator and accumulators);
+- **utils**: ``utils.data.fashion_mnist`` (the data held as one tensor on the device) and
+  ``utils.train.fit`` as the chapters call it (tqdm progress bar, metrics, a checkpoint
+  written after the epoch).
+
+The wall time is end to end: from just before the data are loaded to the end of the last
+evaluation (the model is built before the clock starts, the Python start-up is not timed).
+Reported per loop: medians over the repeats of the wall time, examples/s (training
+examples / wall time), test accuracy, and the achieved training rate in GFLOP/s
+(``utils.profile.count_train_flops`` per example x examples / wall time) with its share of
+this machine's measured matrix-multiply rate (``utils.profile.matmul_gflops``).
+
+d2l is optional: ``pip install --no-deps d2l==1.0.3`` plus ``pandas`` (d2l 1.0.3 pins old
+releases of numpy, torch and matplotlib, hence ``--no-deps``). Without it the benchmark says
+so and can still measure the helpers' own overhead (``--overhead-only``).
+
+The book's loader downloads through torchvision into ``../data`` relative to the working
+directory. To run offline, the benchmark decompresses the Fashion-MNIST files that
+``utils.data`` finds into ``benchmarks/out/data/FashionMNIST/raw/`` (torchvision's layout;
+torchvision then skips the download) and runs the d2l side from ``benchmarks/out/work/``.
+``d2l.load_data_fashion_mnist`` has no subset option: when a configuration trains on a
+subset, the book's ``DataLoader`` is rebuilt the same way (same batch size, shuffling and
+workers) over a ``torch.utils.data.Subset`` holding exactly the examples that
+``utils.data.fashion_mnist(train_subset=...)`` keeps.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gzip
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from utils import config, data, profile, train
+
+OUT = config.REPO_ROOT / "benchmarks" / "out"
+D2L_DATA = OUT / "data"              # d2l reads "../data" ...
+D2L_WORKDIR = OUT / "work"           # ... relative to this working directory
+RESULT_MARK = "BENCHMARK-RESULT "
+D2L_MISSING = """\
+The book's package d2l is not installed, so the book's loop cannot be timed.
+Install it without its (old, pinned) dependencies, plus what it imports:
+    pip install --no-deps d2l==1.0.3
+    pip install pandas requests scipy
+or measure only the helpers' overhead: python -m benchmarks.d2l_vs_utils --overhead-only"""
+
+
+class D2LMissing(ImportError):
+    """The optional ``d2l`` package is not installed."""
+
+
+# ----------------------------------------------------------------------------- models
+
+def bn_lenet() -> nn.Sequential:
+    """D2L's concise BN-LeNet (section 8.5): LeNet with batch norm after every conv/linear layer."""
+    return nn.Sequential(
+        nn.Conv2d(1, 6, kernel_size=5), nn.BatchNorm2d(6), nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(6, 16, kernel_size=5), nn.BatchNorm2d(16), nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2), nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 120), nn.BatchNorm1d(120), nn.Sigmoid(),
+        nn.Linear(120, 84), nn.BatchNorm1d(84), nn.Sigmoid(),
+        nn.Linear(84, 10))
+
+
+SMALL_VGG_STAGES = ((1, 16), (1, 32), (2, 64), (2, 128), (2, 128))  # VGG-11 at 1/4 width
+
+
+def small_vgg(side: int = 64) -> nn.Sequential:
+    """VGG-11 at a quarter of its width (as D2L trains it), with 512-wide classifier layers,
+    for ``side`` x ``side`` inputs: five stages halve the side five times."""
+    layers, channels = [], 1
+    for convs, width in SMALL_VGG_STAGES:
+        for _ in range(convs):
+            layers += [nn.Conv2d(channels, width, kernel_size=3, padding=1), nn.ReLU()]
+            channels = width
+        layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+    final = side // 2 ** len(SMALL_VGG_STAGES)
+    return nn.Sequential(
+        *layers, nn.Flatten(),
+        nn.Linear(channels * final * final, 512), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(512, 512), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(512, 10))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One benchmark configuration: identical for both loops."""
+
+    name: str
+    model: str              # "bn_lenet" or "small_vgg"
+    side: int               # image side the model sees (28 = no resize)
+    batch_size: int
+    lr: float
+    epochs: int
+    train_subset: int | None
+    test_subset: int | None
+    what: str
+
+    @property
+    def resize(self) -> int | None:
+        return None if self.side == 28 else self.side
+
+    def build(self) -> nn.Module:
+        return bn_lenet() if self.model == "bn_lenet" else small_vgg(self.side)
+
+
+SETTINGS = {
+    "data-bound": Setting("data-bound", "bn_lenet", 28, 256, 1.0, 1, None, None,
+                          "BN-LeNet, 28 px, the full 60,000/10,000 images, batch 256, lr 1.0, 1 epoch"),
+    "compute-bound": Setting("compute-bound", "small_vgg", 64, 128, 0.05, 1, 8_000, 2_000,
+                             "VGG-11 at 1/4 width, 64 px, 8,000 training / 2,000 test images "
+                             "(the same subset for both), batch 128, lr 0.05, 1 epoch"),
+}
+
+
+def setting(name: str, quick: bool = False) -> Setting:
+    """The named setting; ``quick`` shrinks it to a subset that runs in seconds."""
+    chosen = SETTINGS[name]
+    if quick:
+        # at least 5 batches: train_ch6 updates its plot every num_batches // 5 batches
+        chosen = replace(chosen, train_subset=2_560 if chosen.model == "bn_lenet" else 640,
+                         test_subset=500, what=chosen.what + " [--quick: subsets]")
+    return chosen
+
+
+# ----------------------------------------------------------------------------- the same subset for both
+
+def subset_indices(total: int, size: int | None, seed: int) -> torch.Tensor | None:
+    """The indices ``utils.data.fashion_mnist`` keeps for ``train_subset``/``test_subset``
+    (its training subset uses ``seed``, its test subset ``seed + 1``)."""
+    if size is None or size >= total:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(total, generator=generator)[:size].sort().values
+
+
+def restrict_loader(loader, indices, shuffle: bool):
+    """The book's ``DataLoader`` rebuilt over a subset of its dataset, everything else equal."""
+    if indices is None:
+        return loader
+    return torch.utils.data.DataLoader(torch.utils.data.Subset(loader.dataset, indices.tolist()),
+                                       loader.batch_size, shuffle=shuffle,
+                                       num_workers=loader.num_workers)
+
+
+# ----------------------------------------------------------------------------- d2l side
+
+def import_d2l():
+    """``d2l.torch``, or :class:`D2LMissing` with the install instructions."""
+    try:
+        from d2l import torch as d2l
+    except ImportError as exc:
+        raise D2LMissing(f"{D2L_MISSING}\n(import error: {exc})") from None
+    return d2l
+
+
+def prepare_d2l_data() -> Path:
+    """Put Fashion-MNIST where the book's loader looks, in torchvision's layout, offline.
+
+    torchvision checks for the *decompressed* files in ``<root>/FashionMNIST/raw`` and
+    downloads only when they are missing, so we decompress the files ``utils.data``
+    uses (checksums of recompressed ``.gz`` copies, such as Debian's, would not match).
+    """
+    raw = D2L_DATA / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    source = data.find_data_dir(download=False)
+    for name in data.FILES.values():
+        target = raw / name.removesuffix(".gz")
+        if not target.exists() or target.stat().st_size == 0:
+            with gzip.open(source / name, "rb") as packed, open(target, "wb") as plain:
+                shutil.copyfileobj(packed, plain)
+    D2L_WORKDIR.mkdir(parents=True, exist_ok=True)
+    return raw
+
+
+def run_d2l(chosen: Setting, seed: int = 0) -> dict:
+    """One end-to-end run of the book's loop; returns the measurements."""
+    d2l = import_d2l()
+    prepare_d2l_data()
+    os.chdir(D2L_WORKDIR)
+    torch.manual_seed(seed)
+    net = chosen.build()
+    printed = io.StringIO()
+    start = time.perf_counter()
+    train_iter, test_iter = d2l.load_data_fashion_mnist(chosen.batch_size, resize=chosen.resize)
+    train_iter = restrict_loader(
+        train_iter, subset_indices(len(train_iter.dataset), chosen.train_subset, seed), shuffle=True)
+    test_iter = restrict_loader(
+        test_iter, subset_indices(len(test_iter.dataset), chosen.test_subset, seed + 1), shuffle=False)
+    with contextlib.redirect_stdout(printed):  # the animator prints a figure's repr per update
+        d2l.train_ch6(net, train_iter, test_iter, chosen.epochs, chosen.lr, torch.device("cpu"))
+    wall = time.perf_counter() - start
+    text = printed.getvalue()
+    found = re.search(r"loss ([\d.]+), train acc ([\d.]+), test acc ([\d.]+)", text)
+    speed = re.search(r"([\d.]+) examples/sec", text)
+    if found is None:
+        raise RuntimeError(f"could not read train_ch6's report from its output:\n{text[-500:]}")
+    return {"loop": "d2l", "wall": wall, "train_examples": len(train_iter.dataset) * chosen.epochs,
+            "train_loss": float(found[1]), "train_acc": float(found[2]), "test_acc": float(found[3]),
+            "train_only_examples_per_sec": float(speed[1]) if speed else None}
+
+
+# ----------------------------------------------------------------------------- utils side
+
+def run_utils(chosen: Setting, seed: int = 0) -> dict:
+    """One end-to-end run of ``utils.data`` + ``utils.train.fit`` as the chapters use them."""
+    checkpoint = OUT / "checkpoints" / f"{chosen.name}.pt"
+    checkpoint.unlink(missing_ok=True)
+    torch.manual_seed(seed)
+    net = chosen.build()
+    start = time.perf_counter()
+    train_iter, test_iter = data.fashion_mnist(chosen.batch_size, resize=chosen.resize,
+                                               train_subset=chosen.train_subset,
+                                               test_subset=chosen.test_subset, device="cpu", seed=seed)
+    history = train.fit(net, train_iter, test_iter, epochs=chosen.epochs, lr=chosen.lr, device="cpu",
+                        checkpoint=checkpoint, name=f"benchmark-{chosen.name}")
+    wall = time.perf_counter() - start
+    checkpoint.unlink(missing_ok=True)
+    last = history.final()
+    return {"loop": "utils", "wall": wall, "train_examples": train_iter.num_examples * chosen.epochs,
+            "train_loss": last["train_loss"], "train_acc": last["train_acc"], "test_acc": last["test_acc"],
+            "train_only_examples_per_sec": last["examples_per_sec"]}
+
+
+# ----------------------------------------------------------------------------- where fit's time goes
+
+def _timed(function):
+    start = time.perf_counter()
+    value = function()
+    return time.perf_counter() - start, value
+
+
+def bare_epoch(net, train_iter, lr: float) -> None:
+    """The minimal training epoch over the same loader: forward, loss, backward, SGD step."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    net.train()
+    for X, y in train_iter:
+        loss = loss_fn(net(X), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def overhead(chosen: Setting, repeats: int = 3, seed: int = 0, renders: int = 5) -> dict:
+    """Medians (seconds) of the parts of one epoch of ``fit`` and of a bare loop around it.
+
+    - ``data``: iterating the training ``DeviceLoader`` alone (conversion, resize);
+    - ``bare_train``: a bare training epoch over it; ``evaluate``: ``evaluate_accuracy``;
+    - ``fit_quiet``: ``fit`` without progress bar or checkpoint (adds the running metrics);
+    - ``fit_full``: ``fit`` as the chapters call it (tqdm bar and a checkpoint);
+    - ``checkpoint``: one ``save_checkpoint`` alone; ``live_plot``: rendering the two-panel
+      figure to PNG as often as Jupyter's live plot does per epoch (``updates_per_epoch`` + 1).
+    """
+    train_iter, test_iter = data.fashion_mnist(chosen.batch_size, resize=chosen.resize,
+                                               train_subset=chosen.train_subset,
+                                               test_subset=chosen.test_subset, device="cpu", seed=seed)
+    torch.manual_seed(seed)
+    net = chosen.build()
+    checkpoint = OUT / "checkpoints" / f"overhead-{chosen.name}.pt"
+    parts: dict[str, list[float]] = {k: [] for k in ("data", "bare_train", "evaluate", "fit_quiet",
+                                                       "fit_full", "checkpoint", "live_plot")}
+    history = None
+    for _ in range(repeats):
+        parts["data"].append(_timed(lambda: [None for _ in train_iter])[0])
+        parts["bare_train"].append(_timed(lambda: bare_epoch(net, train_iter, chosen.lr))[0])
+        parts["evaluate"].append(_timed(lambda: train.evaluate_accuracy(net, test_iter, "cpu"))[0])
+        parts["fit_quiet"].append(_timed(lambda: train.fit(
+            net, train_iter, test_iter, epochs=chosen.epochs, lr=chosen.lr, device="cpu",
+            progress=False))[0])
+        checkpoint.unlink(missing_ok=True)
+        seconds, history = _timed(lambda: train.fit(
+            net, train_iter, test_iter, epochs=chosen.epochs, lr=chosen.lr, device="cpu",
+            checkpoint=checkpoint, name="overhead"))
+        parts["fit_full"].append(seconds)
+        checkpoint.unlink(missing_ok=True)
+        optimizer = torch.optim.SGD(net.parameters(), lr=chosen.lr)
+        parts["checkpoint"].append(_timed(lambda: train.save_checkpoint(
+            checkpoint, net=net, optimizer=optimizer, scheduler=None, scaler=None, history=history,
+            train_iter=train_iter, settings={}))[0])
+        checkpoint.unlink(missing_ok=True)
+        parts["live_plot"].append(_timed(lambda: _render_live_plot(history, renders))[0])
+    return {key: statistics.median(values) for key, values in parts.items()}
+
+
+def _render_live_plot(history, renders: int = 5) -> None:
+    """What ``fit``'s live plot costs in Jupyter per epoch: draw and encode the figure as PNG."""
+    from utils.plot import plot_history
+
+    figure = plot_history(history)
+    for _ in range(renders):
+        figure.savefig(io.BytesIO(), format="png")
+
+
+def overhead_report(chosen: Setting, parts: dict) -> list[str]:
+    epoch = parts["bare_train"] + parts["evaluate"]
+    metrics = parts["fit_quiet"] - epoch
+    bar_and_checkpoint = parts["fit_full"] - parts["fit_quiet"]
+    helpers = parts["fit_full"] - epoch
+    rows = [
+        ("data pipeline alone (DeviceLoader: uint8 -> float, resize)", parts["data"]),
+        ("bare training epoch (forward, loss, backward, SGD step)", parts["bare_train"]),
+        ("evaluation (evaluate_accuracy on the test set)", parts["evaluate"]),
+        ("fit(progress=False), no checkpoint", parts["fit_quiet"]),
+        ("fit as the chapters call it (tqdm, checkpoint)", parts["fit_full"]),
+        ("  of which running metrics etc. (fit quiet - bare epoch - evaluation)", metrics),
+        ("  of which tqdm bar + checkpoint (fit full - fit quiet)", bar_and_checkpoint),
+        ("one save_checkpoint alone", parts["checkpoint"]),
+        ("live plot in Jupyter, per epoch (5 PNG renders, estimated)", parts["live_plot"]),
+    ]
+    lines = [f"Where fit's time goes ({chosen.name}: {chosen.what}; medians, seconds)", ""]
+    lines += ["| part | seconds | share of a bare epoch |", "|---|--:|--:|"]
+    lines += [f"| {label} | {seconds:.3f} | {seconds / epoch:.1%} |" for label, seconds in rows]
+    notebook_total = helpers + parts["live_plot"]
+    lines += ["", f"Helpers' overhead in a terminal: {helpers:.3f} s = {helpers / epoch:.1%} of a bare "
+              f"epoch with evaluation ({epoch:.3f} s); in Jupyter (adding the live plot): "
+              f"{notebook_total:.3f} s = {notebook_total / epoch:.1%}."]
+    return lines
+
+
+# ----------------------------------------------------------------------------- the comparison
+
+def run_worker(loop: str, name: str, quick: bool) -> int:
+    chosen = setting(name, quick)
+    try:
+        result = run_d2l(chosen) if loop == "d2l" else run_utils(chosen)
+    except D2LMissing as exc:
+        print(exc, file=sys.stderr)
+        return 3
+    print(RESULT_MARK + json.dumps(result))
+    return 0
+
+
+def run_once(loop: str, name: str, quick: bool) -> dict:
+    """One run in a fresh process (so neither loop inherits caches or threads of the other)."""
+    command = [sys.executable, "-m", "benchmarks.d2l_vs_utils", "--worker", loop, "--config", name]
+    command += ["--quick"] if quick else []
+    done = subprocess.run(command, cwd=config.REPO_ROOT, capture_output=True, text=True)
+    if done.returncode == 3:
+        raise D2LMissing(done.stderr.strip())
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len(RESULT_MARK):])
+
+
+def summarise(chosen: Setting, runs: list[dict], train_flops: int, peak: float) -> dict:
+    """Medians per loop and the ratio of the wall times."""
+    summary = {}
+    for loop in ("d2l", "utils"):
+        mine = [r for r in runs if r["loop"] == loop]
+        if not mine:
+            continue
+        wall = statistics.median(r["wall"] for r in mine)
+        examples = mine[0]["train_examples"]
+        gflops = train_flops * examples / wall / 1e9
+        summary[loop] = {"wall": wall, "walls": [r["wall"] for r in mine],
+                         "examples_per_sec": examples / wall,
+                         "test_acc": statistics.median(r["test_acc"] for r in mine),
+                         "test_accs": [r["test_acc"] for r in mine],
+                         "train_only_examples_per_sec": statistics.median(
+                             r["train_only_examples_per_sec"] or 0 for r in mine),
+                         "gflops": gflops, "share_of_peak": gflops / peak}
+    if "d2l" in summary and "utils" in summary:
+        summary["speedup"] = summary["d2l"]["wall"] / summary["utils"]["wall"]
+    return summary
+
+
+def machine() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                name = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def markdown(results: dict, parts: dict | None, peak: float, args, started: str) -> str:
+    command = "python -m benchmarks.d2l_vs_utils " + " ".join(args.argv)
+    lines = ["# Performance: the book's training loop vs utils.train.fit", "",
+             f"- machine: {machine()}, device cpu",
+             f"- date: {started} (UTC)", f"- command: `{command.strip()}`",
+             f"- measured float32 matrix-multiply rate: {peak:.1f} GFLOP/s (utils.profile.matmul_gflops, median)",
+             f"- medians of {args.repeats} alternating repeats, each run in a fresh process; wall time "
+             "is end to end (data loading, training, evaluation)", ""]
+    lines += ["| configuration | loop | wall s (median) | examples/s | test acc | training GFLOP/s "
+              "| share of matmul rate | speed-up |", "|---|---|--:|--:|--:|--:|--:|--:|"]
+    for name, (chosen, summary) in results.items():
+        for loop in ("d2l", "utils"):
+            if loop not in summary:
+                continue
+            s = summary[loop]
+            speedup = f"{summary['speedup']:.2f}x" if loop == "utils" and "speedup" in summary else ""
+            label = "book (d2l.train_ch6)" if loop == "d2l" else "utils.train.fit"
+            lines.append(f"| {name} | {label} | {s['wall']:.1f} | {s['examples_per_sec']:,.0f} | "
+                         f"{s['test_acc']:.3f} | {s['gflops']:.1f} | {s['share_of_peak']:.1%} | {speedup} |")
+    lines.append("")
+    for name, (chosen, summary) in results.items():
+        lines.append(f"- **{name}**: {chosen.what}.")
+        for loop in ("d2l", "utils"):
+            if loop in summary:
+                s = summary[loop]
+                lines.append(f"  {loop}: wall times {', '.join(f'{w:.1f}' for w in s['walls'])} s; "
+                             f"test acc {', '.join(f'{a:.3f}' for a in s['test_accs'])}; training-only "
+                             f"rate as the loop itself reports it {s['train_only_examples_per_sec']:,.0f} examples/s.")
+    if parts is not None:
+        lines += [""] + overhead_report(SETTINGS["data-bound"] if not args.quick else
+                                        setting("data-bound", True), parts)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", choices=[*SETTINGS, "all"], default="all")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small subsets (seconds): a check, not a measurement")
+    parser.add_argument("--overhead-only", action="store_true", help="only measure where fit's time goes")
+    parser.add_argument("--no-overhead", action="store_true", help="skip measuring fit's overhead")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="markdown report (default results/performance.md; results/performance-quick.md with --quick)")
+    parser.add_argument("--worker", choices=["d2l", "utils"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    if args.worker:
+        return run_worker(args.worker, args.config, args.quick)
+
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    names = list(SETTINGS) if args.config == "all" else [args.config]
+    peaks = [profile.matmul_gflops()]
+    print(f"machine: {machine()}; matrix-multiply rate {peaks[0]:.1f} GFLOP/s", flush=True)
+    results = {}
+    if not args.overhead_only:
+        try:
+            import_d2l()
+        except D2LMissing as exc:
+            print(exc, file=sys.stderr)
+            return 3
+        for name in names:
+            chosen = setting(name, args.quick)
+            # batch 2: batch norm cannot train on one example (BatchNorm1d sees 1 value per channel)
+            train_flops = profile.count_train_flops(chosen.build(), (2, 1, chosen.side, chosen.side)) // 2
+            print(f"\n{name}: {chosen.what}\n  {train_flops / 1e6:.2f} MFLOPs per training example "
+                  "(forward + backward)", flush=True)
+            runs = []
+            for repeat in range(args.repeats):
+                order = ("d2l", "utils") if repeat % 2 == 0 else ("utils", "d2l")
+                for loop in order:
+                    result = run_once(loop, name, args.quick)
+                    runs.append(result)
+                    print(f"  repeat {repeat + 1} {loop:5s}: {result['wall']:6.1f} s, test acc "
+                          f"{result['test_acc']:.3f}", flush=True)
+            peaks.append(profile.matmul_gflops())
+            summary = summarise(chosen, runs, train_flops, statistics.median(peaks))
+            results[name] = (chosen, summary)
+            if "speedup" in summary:
+                print(f"  medians: d2l {summary['d2l']['wall']:.1f} s, utils {summary['utils']['wall']:.1f} s"
+                      f" -> utils is {summary['speedup']:.2f}x faster end to end", flush=True)
+    parts = None
+    if not args.no_overhead:
+        chosen = setting("data-bound", args.quick)
+        print(f"\nmeasuring fit's overhead on {chosen.name} ({args.repeats} repeats) ...", flush=True)
+        parts = overhead(chosen, repeats=args.repeats)
+        print("\n".join(overhead_report(chosen, parts)))
+    peak = statistics.median(peaks)
+    text = markdown(results, parts, peak, args, started)
+    output = args.output or config.results_dir() / ("performance-quick.md" if args.quick else "performance.md")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print(f"\n{text}\nwrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The d2l-vs-utils benchmark: same models, same examples, offline data for the book's loader,
+a clear message without d2l, and each measurement path run once on tiny fake data."""
+from __future__ import annotations
+
+import gzip
+import struct
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import d2l_vs_utils as bench
+from utils import data, profile
+
+
+def _write_idx(path, array):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_data(tmp_path, monkeypatch):
+    """Fake Fashion-MNIST (80 train / 40 test images) and the benchmark's folders in tmp_path."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split, n in (("train", 80), ("test", 40)):
+        labels = rng.integers(0, 10, n)
+        images = labels[:, None, None] * 25 + rng.integers(0, 5, (n, 28, 28))
+        _write_idx(folder / data.FILES[f"{split}_images"], images)
+        _write_idx(folder / data.FILES[f"{split}_labels"], labels)
+    monkeypatch.setenv("CNN_DATA_DIR", str(folder))
+    monkeypatch.setenv("CNN_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(bench, "OUT", tmp_path / "out")
+    monkeypatch.setattr(bench, "D2L_DATA", tmp_path / "out" / "data")
+    monkeypatch.setattr(bench, "D2L_WORKDIR", tmp_path / "out" / "work")
+    monkeypatch.chdir(tmp_path)  # run_d2l changes directory; monkeypatch restores it
+    data._CACHE.clear()
+    yield tmp_path
+    data._CACHE.clear()
+
+
+def tiny(name="data-bound", **changes):
+    defaults = dict(train_subset=64, test_subset=32, batch_size=8)
+    return bench.replace(bench.SETTINGS[name], **{**defaults, **changes})
+
+
+def test_bn_lenet_is_d2l_concise_bn_lenet():
+    net = bench.bn_lenet()
+    # D2L 8.5, concise BN-LeNet (no padding, so 16*4*4 into the first linear layer):
+    # convs 156 + 2,416, linears 30,840 + 10,164 + 850, batch norms 2 x (6 + 16 + 120 + 84)
+    assert profile.count_params(net) == 156 + 2_416 + 30_840 + 10_164 + 850 + 2 * (6 + 16 + 120 + 84) == 44_878
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_small_vgg_shapes_and_flops():
+    net = bench.small_vgg(64)
+    assert net(torch.zeros(2, 1, 64, 64)).shape == (2, 10)
+    forward = profile.count_flops(net, (1, 1, 64, 64))
+    train_flops = profile.count_train_flops(net, (2, 1, 64, 64)) // 2
+    assert 2.5 * forward < train_flops <= 3 * forward  # backward ~ 2x forward
+
+
+def test_subset_indices_match_utils_data(tiny_data):
+    arrays = data.load_arrays()
+    for total, key, seed in ((80, "train", 0), (40, "test", 1)):
+        index = bench.subset_indices(total, 10, seed)
+        images, labels = data._subset(arrays[f"{key}_images"], arrays[f"{key}_labels"], 10, seed)
+        assert torch.equal(arrays[f"{key}_labels"][index], labels)
+        assert torch.equal(arrays[f"{key}_images"][index], images)
+    assert bench.subset_indices(80, None, 0) is None and bench.subset_indices(80, 80, 0) is None
+
+
+def test_restrict_loader_keeps_the_books_settings():
+    dataset = torch.utils.data.TensorDataset(torch.arange(20))
+    loader = torch.utils.data.DataLoader(dataset, 4, shuffle=True, num_workers=0)
+    assert bench.restrict_loader(loader, None, True) is loader
+    smaller = bench.restrict_loader(loader, torch.tensor([1, 3, 5]), shuffle=False)
+    assert smaller.batch_size == 4 and smaller.num_workers == 0
+    assert [int(x) for (batch,) in smaller for x in batch] == [1, 3, 5]
+
+
+def test_prepare_d2l_data_works_offline_with_torchvision(tiny_data):
+    torchvision = pytest.importorskip("torchvision")
+    raw = bench.prepare_d2l_data()
+    assert sorted(p.name for p in raw.iterdir()) == sorted(n.removesuffix(".gz") for n in data.FILES.values())
+    # torchvision finds the decompressed files and does not try to download
+    dataset = torchvision.datasets.FashionMNIST(root=str(bench.D2L_DATA), train=True, download=True)
+    arrays = data.load_arrays()
+    assert torch.equal(dataset.data, arrays["train_images"][:, 0])
+    assert torch.equal(dataset.targets, arrays["train_labels"])
+
+
+def test_clear_message_without_d2l(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "d2l", None)  # makes `import d2l` fail
+    with pytest.raises(bench.D2LMissing, match="pip install --no-deps d2l==1.0.3"):
+        bench.import_d2l()
+    assert bench.run_worker("d2l", "data-bound", quick=True) == 3
+    assert "d2l is not installed" in capsys.readouterr().err
+
+
+def test_quick_settings_are_small_and_keep_five_batches():
+    for name in bench.SETTINGS:
+        quick = bench.setting(name, quick=True)
+        assert quick.train_subset <= 2_560 and quick.test_subset <= 1_000
+        assert quick.train_subset // quick.batch_size >= 5  # train_ch6 divides by num_batches // 5
+
+
+def test_utils_side_runs(tiny_data):
+    result = bench.run_utils(tiny())
+    assert result["loop"] == "utils" and result["train_examples"] == 64
+    assert result["wall"] > 0 and 0 <= result["test_acc"] <= 1
+    assert not (bench.OUT / "checkpoints" / "data-bound.pt").exists()  # cleaned up
+
+
+def test_d2l_side_runs_on_the_same_examples(tiny_data):
+    pytest.importorskip("d2l")
+    result = bench.run_d2l(tiny())
+    assert result["loop"] == "d2l" and result["train_examples"] == 64
+    assert 0 <= result["test_acc"] <= 1 and result["train_only_examples_per_sec"] > 0
+
+
+def test_overhead_parts_and_report(tiny_data):
+    parts = bench.overhead(tiny(), repeats=1, renders=1)
+    assert set(parts) == {"data", "bare_train", "evaluate", "fit_quiet", "fit_full", "checkpoint", "live_plot"}
+    assert all(seconds > 0 for seconds in parts.values())
+    report = "\n".join(bench.overhead_report(tiny(), parts))
+    assert "Helpers' overhead" in report and "save_checkpoint" in report
+
+
+def test_summary_medians_and_speedup():
+    runs = [{"loop": loop, "wall": wall, "train_examples": 100, "test_acc": 0.8,
+             "train_only_examples_per_sec": 50.0}
+            for loop, wall in (("d2l", 10), ("utils", 4), ("d2l", 12), ("utils", 5), ("d2l", 11), ("utils", 6))]
+    summary = bench.summarise(tiny(), runs, train_flops=10**9, peak=100.0)
+    assert summary["d2l"]["wall"] == 11 and summary["utils"]["wall"] == 5
+    assert summary["speedup"] == pytest.approx(2.2)
+    assert summary["utils"]["gflops"] == pytest.approx(100 * 1.0 / 5)
+    assert summary["utils"]["share_of_peak"] == pytest.approx(0.2)

@@ -1,0 +1,205 @@
+"""The GPU path of utils.train.fit (mixed precision, channels-last, cuDNN autotuning, compile),
+exercised as far as a CPU can: the same code runs on the CPU with bf16 autocast and
+channels-last tensors, and the choices made for a GPU are checked with a patched torch.cuda.
+Tests that need a real GPU are skipped without one."""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from utils import data, train
+
+CUDA = torch.cuda.is_available()
+
+
+def _write_idx(path, array):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def loaders(tmp_path, monkeypatch):
+    """Tiny learnable fake Fashion-MNIST (class k has brightness k), batch 16."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split, n in (("train", 64), ("test", 32)):
+        labels = rng.integers(0, 10, n)
+        _write_idx(folder / data.FILES[f"{split}_images"],
+                   labels[:, None, None] * 25 + rng.integers(0, 5, (n, 28, 28)))
+        _write_idx(folder / data.FILES[f"{split}_labels"], labels)
+    monkeypatch.setenv("CNN_DATA_DIR", str(folder))
+    monkeypatch.setenv("CNN_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "no-debian")
+    data._CACHE.clear()
+    yield data.fashion_mnist(16, device="cpu")
+    data._CACHE.clear()
+
+
+def conv_bn_net():
+    """Convolutions, batch norm and a linear layer: the layer kinds autocast treats differently."""
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(4),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+class WithAuxHead(nn.Module):
+    """Returns (main, aux) in training mode like GoogLeNet/Inception-v3."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = conv_bn_net()
+        self.aux = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 10))
+
+    def forward(self, x):
+        main = self.body(x)
+        return (main, self.aux(x)) if self.training else main
+
+
+# ----------------------------------------------------------------------------- mixed precision on the CPU
+
+def test_bf16_on_cpu_trains_and_keeps_float32_weights(loaders):
+    torch.manual_seed(0)
+    net = conv_bn_net()
+    history = train.fit(net, *loaders, epochs=1, lr=0.1, amp="bf16", progress=False)
+    assert history.meta["amp"] == "bfloat16"
+    assert math.isfinite(history.train_loss[0]) and 0 <= history.test_acc[0] <= 1
+    # autocast computes in bf16 but the optimizer updates float32 master weights
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
+def test_bf16_autocast_really_lowers_precision_on_cpu():
+    layer = nn.Linear(8, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(torch.randn(2, 8)).dtype == torch.bfloat16
+
+
+def test_bf16_with_auxiliary_head_and_grad_clip(loaders):
+    torch.manual_seed(0)
+    history = train.fit(WithAuxHead(), *loaders, epochs=1, lr=0.05, amp="bf16", grad_clip=1.0,
+                        progress=False)
+    assert math.isfinite(history.train_loss[0])
+
+
+def test_fp16_on_cpu_needs_no_grad_scaler(loaders):
+    # GradScaler is only built for CUDA; fp16 autocast on the CPU must still run
+    torch.manual_seed(0)
+    history = train.fit(conv_bn_net(), *loaders, epochs=1, lr=0.05, amp="fp16", progress=False)
+    assert history.meta["amp"] == "float16"
+
+
+def test_auto_means_full_precision_on_cpu(loaders):
+    history = train.fit(conv_bn_net(), *loaders, epochs=1, lr=0.1, progress=False)
+    assert history.meta["amp"] is None
+
+
+def test_bf16_checkpoint_resumes(loaders, tmp_path):
+    checkpoint = tmp_path / "bf16.pt"
+    torch.manual_seed(0)
+    train.fit(conv_bn_net(), *loaders, epochs=1, lr=0.1, amp="bf16", checkpoint=checkpoint, progress=False)
+    torch.manual_seed(0)
+    history = train.fit(conv_bn_net(), *loaders, epochs=2, lr=0.1, amp="bf16", checkpoint=checkpoint,
+                        progress=False)
+    assert history.epochs == 2
+
+
+# ----------------------------------------------------------------------------- channels-last on the CPU
+
+def test_channels_last_on_cpu_trains_and_converts_the_weights(loaders):
+    torch.manual_seed(0)
+    net = conv_bn_net()
+    history = train.fit(net, *loaders, epochs=1, lr=0.1, channels_last=True, progress=False)
+    assert math.isfinite(history.train_loss[0])
+    conv_weight = net[0].weight
+    assert conv_weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_gives_the_same_predictions(loaders):
+    torch.manual_seed(0)
+    net = conv_bn_net().eval()
+    _, test_iter = loaders
+    plain = train.evaluate_accuracy(net, test_iter, "cpu")
+    net.to(memory_format=torch.channels_last)
+    assert train.evaluate_accuracy(net, test_iter, "cpu", channels_last=True) == plain
+
+
+def test_channels_last_auto_is_off_on_cpu(loaders):
+    net = conv_bn_net()
+    train.fit(net, *loaders, epochs=1, lr=0.1, progress=False)
+    assert net[0].weight.is_contiguous()  # default layout: 'auto' is for CUDA only
+
+
+def test_cudnn_benchmark_only_switched_on_for_cuda(loaders, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    train.fit(conv_bn_net(), *loaders, epochs=1, lr=0.1, progress=False)
+    assert torch.backends.cudnn.benchmark is False
+
+
+# ----------------------------------------------------------------------------- the GPU choices, with torch.cuda patched
+
+def test_amp_dtype_asks_for_native_bf16(monkeypatch):
+    asked = {}
+
+    def is_bf16_supported(including_emulation=True):
+        asked["including_emulation"] = including_emulation
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert train.amp_dtype(torch.device("cuda"), "auto") == torch.float16
+    assert asked == {"including_emulation": False}  # emulated bf16 is slow: do not count it
+
+
+@pytest.mark.parametrize("device, amp, native_bf16, expected", [
+    ("cuda", "auto", True, torch.bfloat16),
+    ("cuda", "auto", False, torch.float16),
+    ("cuda", "bf16", False, torch.bfloat16),
+    ("cuda", "fp16", True, torch.float16),
+    ("cuda", None, True, None),
+    ("cuda", False, True, None),
+    ("cuda", "off", True, None),
+    ("cpu", "auto", True, None),
+    ("mps", "auto", True, None),
+    ("cpu", "bf16", False, torch.bfloat16),
+])
+def test_amp_dtype_table(monkeypatch, device, amp, native_bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16)
+    assert train.amp_dtype(torch.device(device), amp) == expected
+
+
+def test_amp_dtype_rejects_unknown_values():
+    with pytest.raises(ValueError, match="amp must be"):
+        train.amp_dtype(torch.device("cpu"), "int8")
+
+
+# ----------------------------------------------------------------------------- compile and the real GPU
+
+@pytest.mark.skipif(os.environ.get("CNN_SLOW_TESTS") != "1",
+                    reason="torch.compile takes a minute or more on a CPU; set CNN_SLOW_TESTS=1")
+def test_compile_on_cpu(loaders):
+    torch.manual_seed(0)
+    net = conv_bn_net()
+    history = train.fit(net, *loaders, epochs=1, lr=0.1, compile=True, progress=False)
+    assert math.isfinite(history.train_loss[0])
+    # the checkpointable module is the original one, not the compiled wrapper
+    assert not any(key.startswith("_orig_mod") for key in net.state_dict())
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_gpu_defaults(loaders):
+    train_iter, test_iter = loaders
+    train_iter, test_iter = (data.DeviceLoader(it.images, it.labels, 16, shuffle=s, device="cuda")
+                             for it, s in ((train_iter, True), (test_iter, False)))
+    net = conv_bn_net()
+    history = train.fit(net, train_iter, test_iter, epochs=1, lr=0.1, device="cuda", progress=False)
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    assert history.meta["amp"] == ("bfloat16" if native else "float16")
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.backends.cudnn.benchmark is True

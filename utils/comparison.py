@@ -1,0 +1,303 @@
+"""Chapter 10's table of every model of the course, and the README table made from it.
+
+    python -m utils.comparison                 # writes results/comparison.md
+    python -m utils.comparison --print         # ... and prints it
+    python -m utils.comparison --include-smoke # also show accuracies of smoke runs
+
+One list, :data:`ENTRIES`, drives both the notebook ``chapters/10_comparison.ipynb`` and
+the markdown table. Each entry names a factory of :mod:`utils.models`, the chapter that
+defines it, the resolution it is trained at on Fashion-MNIST (the chapter's ``full``
+profile, the book's setting), the paper's ImageNet resolution and the paper's ImageNet
+error (from ``REFERENCE.md``, with its source). ``tests/test_10_comparison.py`` fails
+when a model factory exists in :mod:`utils.models` without an entry here, so a model
+added later cannot be left out of the comparison.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import config, profile, train
+
+#: Profiles whose saved histories are looked for, the most trustworthy first.
+PROFILE_ORDER = ("full", "quick", "smoke")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model of the comparison."""
+
+    label: str                 # how the model is named in tables and charts
+    factory: str               # the function's name in utils.models
+    chapter: str               # "01" ... the chapter that defines it
+    train_size: int            # Fashion-MNIST side in pixels (the chapter's full profile)
+    imagenet_size: int | None  # the paper's ImageNet side; None: no ImageNet version
+    top1: float | None = None  # ImageNet single-model top-1 error, % (paper)
+    top5: float | None = None  # ImageNet top-5 error, %
+    source: str = ""           # where the errors come from
+    history: str | None = None  # name the chapter saves its History under (default: factory)
+    fashion_kwargs: dict = field(default_factory=dict)   # extra factory arguments, Fashion-MNIST
+    imagenet_kwargs: dict = field(default_factory=dict)  # extra factory arguments, ImageNet
+
+    @property
+    def history_name(self) -> str:
+        return self.history or self.factory
+
+
+# Errors: ImageNet (ILSVRC-2012) validation, single crop unless the source says otherwise;
+# every number is from ../shared/REFERENCE.md ("Papers"). A blank means REFERENCE.md has
+# no number for that model, not that the model has none.
+ENTRIES: tuple[Entry, ...] = (
+    Entry("LeNet", "lenet", "01", 28, None),
+    Entry("AlexNet (D2L)", "alexnet", "01", 224, 224),
+    Entry("AlexNet (paper layout)", "alexnet_paper", "01", 227, 227, 40.7, 18.2,
+          "Krizhevsky et al. 2012, ILSVRC-2012 val, 1 CNN"),
+    Entry("VGG-11", "vgg11", "02", 224, 224),
+    Entry("VGG-11 (1/4 width, D2L)", "vgg11", "02", 224, None, history="vgg11_w4",
+          fashion_kwargs={"width_divisor": 4}),
+    Entry("VGG-13", "vgg13", "02", 224, 224),
+    Entry("VGG-16", "vgg16", "02", 224, 224, 25.6, 8.1,
+          "Simonyan & Zisserman 2015, config D, multi-scale training"),
+    Entry("VGG-19", "vgg19", "02", 224, 224),
+    Entry("NiN", "nin", "03", 224, 224),
+    Entry("GoogLeNet", "googlenet", "04", 96, 224, None, 7.89,
+          "Szegedy et al. 2015, single model (top-5 only)"),
+    Entry("BN-LeNet", "bn_lenet", "05", 28, None),
+    Entry("BN-LeNet (nn.BatchNorm)", "bn_lenet_concise", "05", 28, None),
+    Entry("ResNet-18", "resnet18", "06", 96, 224),
+    Entry("ResNet-18 (pre-activation)", "preact_resnet18", "06", 96, 224),
+    Entry("ResNet-34", "resnet34", "06", 96, 224, 24.19, 7.40, "He et al. 2016, 10-crop"),
+    Entry("ResNet-50", "resnet50", "06", 96, 224),
+    Entry("BN-Inception", "inception_bn", "07", 96, 224, 25.2, 7.82, "Ioffe & Szegedy 2015"),
+    # chapter 07 trains Inception-v3 at 79 px with a stride-1 stem and its auxiliary head;
+    # the ImageNet count leaves the auxiliary head out, like the reference numbers
+    Entry("Inception-v3", "inception_v3", "07", 79, 299, 21.2, 5.6, "Szegedy et al. 2016",
+          fashion_kwargs={"stem_stride": 1, "stem_pool": False},
+          imagenet_kwargs={"aux_logits": False}),
+    Entry("Inception-v4", "inception_v4", "07", 96, 299, 20.0, 5.0, "Szegedy et al. 2017"),
+    Entry("Inception-ResNet-v1", "inception_resnet_v1", "07", 96, 299),
+    Entry("Inception-ResNet-v2", "inception_resnet_v2", "07", 96, 299, 19.9, 4.9,
+          "Szegedy et al. 2017"),
+)
+
+#: Functions of utils.models that look like factories but are not models of their own,
+#: with the reason (for example a builder that every VGG factory calls).
+NOT_IN_TABLE: dict[str, str] = {}
+
+
+# ----------------------------------------------------------------------------- the table vs utils.models
+
+def models_module():
+    """``utils.models``, re-imported so a freshly exported file is seen."""
+    module = importlib.import_module("utils.models")
+    return importlib.reload(module)
+
+
+def model_factories(module=None) -> dict:
+    """Public functions of ``utils.models`` that build a whole model: they take
+    ``num_classes`` and ``in_channels`` and need no other argument."""
+    module = module or importlib.import_module("utils.models")
+    found = {}
+    for name, obj in vars(module).items():
+        if name.startswith("_") or not inspect.isfunction(obj):
+            continue
+        if getattr(obj, "__module__", None) != module.__name__:
+            continue
+        params = inspect.signature(obj).parameters
+        required = [p for p in params.values() if p.default is inspect.Parameter.empty
+                    and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if {"num_classes", "in_channels"} <= set(params) and not required:
+            found[name] = obj
+    return found
+
+
+def uncovered_factories(module=None) -> list[str]:
+    """Factories of ``utils.models`` that have no entry in :data:`ENTRIES` (should be empty)."""
+    listed = {entry.factory for entry in ENTRIES} | set(NOT_IN_TABLE)
+    return sorted(set(model_factories(module)) - listed)
+
+
+def available(module=None) -> list[Entry]:
+    """The entries whose factory exists in ``utils.models`` now."""
+    module = module or importlib.import_module("utils.models")
+    return [entry for entry in ENTRIES if hasattr(module, entry.factory)]
+
+
+def missing(module=None) -> list[Entry]:
+    """The entries whose chapter has not exported its factory yet."""
+    module = module or importlib.import_module("utils.models")
+    return [entry for entry in ENTRIES if not hasattr(module, entry.factory)]
+
+
+# ----------------------------------------------------------------------------- measurements
+
+def build(entry: Entry, setting: str = "fashion", device="meta", module=None):
+    """The model of ``entry`` for ``'fashion'`` (1 channel, 10 classes, the chapter's
+    arguments) or ``'imagenet'`` (3 channels, 1000 classes), built on ``device``."""
+    module = module or importlib.import_module("utils.models")
+    factory = getattr(module, entry.factory)
+    with torch.device(device):
+        if setting == "fashion":
+            return factory(num_classes=10, in_channels=1, **entry.fashion_kwargs)
+        if setting == "imagenet":
+            return factory(num_classes=1000, in_channels=3, **entry.imagenet_kwargs)
+    raise ValueError(f"setting must be 'fashion' or 'imagenet', got {setting!r}")
+
+
+def input_shape(entry: Entry, setting: str, batch: int = 1) -> tuple[int, int, int, int] | None:
+    if setting == "fashion":
+        return (batch, 1, entry.train_size, entry.train_size)
+    if entry.imagenet_size is None:
+        return None
+    return (batch, 3, entry.imagenet_size, entry.imagenet_size)
+
+
+def complexity(entry: Entry, module=None) -> dict:
+    """Parameters and forward FLOPs (batch 1) for Fashion-MNIST and ImageNet, counted on meta."""
+    row = {}
+    for setting in ("fashion", "imagenet"):
+        shape = input_shape(entry, setting)
+        if shape is None:
+            row[setting] = None
+            continue
+        net = build(entry, setting, "meta", module)
+        row[setting] = {"params": profile.count_params(net), "flops": profile.count_flops(net, shape)}
+    return row
+
+
+def complexity_rows(entries=None, module=None) -> dict:
+    """``{label: complexity(entry)}`` for the entries given (default: the available ones)."""
+    entries = available(module) if entries is None else entries
+    return {entry.label: complexity(entry, module) for entry in entries}
+
+
+def find_history(entry: Entry, profiles=PROFILE_ORDER):
+    """``(profile, History)`` of the most trustworthy saved run of ``entry``, else ``None``.
+
+    Chapters save to ``train.history_path(name)``, which holds the profile in the file
+    name (``results/histories/<name>-<profile>.json``); every profile is looked for here.
+    """
+    folder = train.history_path(entry.history_name).parent
+    for name in profiles:
+        path = folder / f"{entry.history_name}-{name}.json"
+        if path.is_file():
+            try:
+                history = train.History.load(path)
+            except ValueError:
+                continue
+            if history.epochs:
+                return name, history
+    return None
+
+
+def accuracy_cell(entry: Entry, profiles=PROFILE_ORDER) -> str:
+    """``0.912 (full, 10 ep, 224 px)`` or ``not run``: never a number that was not measured."""
+    found = find_history(entry, profiles)
+    if found is None:
+        return "not run"
+    name, history = found
+    shape = history.meta.get("image_shape") or []
+    size = f", {shape[-1]} px" if shape else ""
+    return f"{history.test_acc[-1]:.3f} ({name}, {history.epochs} ep{size})"
+
+
+def error_cell(value) -> str:
+    return "–" if value is None else f"{value:g}"
+
+
+# ----------------------------------------------------------------------------- tables
+
+def text_table(rows: dict, entries=None) -> str:
+    """The deterministic complexity table as text (parameters, GFLOPs, GMACs)."""
+    entries = {e.label: e for e in (entries or ENTRIES)}
+    header = (f"{'model':<27}{'ch':<4}{'FM px':>6}{'FM params':>13}{'FM GFLOPs':>11}"
+              f"{'IN px':>7}{'IN params':>13}{'IN GMACs':>10}")
+    lines = [header, "-" * len(header)]
+    for label, row in rows.items():
+        entry = entries[label]
+        fm = row["fashion"]
+        line = (f"{label:<27}{entry.chapter:<4}{entry.train_size:>6}{fm['params']:>13,}"
+                f"{fm['flops'] / 1e9:>11.3f}")
+        if row["imagenet"] is None:
+            line += f"{'–':>7}{'–':>13}{'–':>10}"
+        else:
+            im = row["imagenet"]
+            line += f"{entry.imagenet_size:>7}{im['params']:>13,}{im['flops'] / 2e9:>10.3f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def markdown_table(include_smoke: bool = False, module=None, rows: dict | None = None) -> str:
+    """The README's comparison table: deterministic columns, accuracies where a run exists.
+
+    ``rows``: complexities already computed by :func:`complexity_rows` (else counted here).
+    """
+    module = module or importlib.import_module("utils.models")
+    rows = rows or {}
+    profiles = PROFILE_ORDER if include_smoke else tuple(p for p in PROFILE_ORDER if p != "smoke")
+    lines = [
+        "| model | chapter | Fashion-MNIST px | params (FM) | GFLOPs (FM) | ImageNet px "
+        "| params (ImageNet) | GMACs (ImageNet) | ImageNet top-1 / top-5 error % (paper) "
+        "| Fashion-MNIST test acc (profile, epochs, px) |",
+        "|---|---|--:|--:|--:|--:|--:|--:|---|---|",
+    ]
+    for entry in ENTRIES:
+        if not hasattr(module, entry.factory):
+            lines.append(f"| {entry.label} | {entry.chapter} | {entry.train_size} | "
+                         f"not exported yet | | | | | | |")
+            continue
+        row = rows.get(entry.label) or complexity(entry, module)
+        fm, im = row["fashion"], row["imagenet"]
+        imagenet = ("– | – | –" if im is None else
+                    f"{entry.imagenet_size} | {im['params']:,} | {im['flops'] / 2e9:.3f}")
+        errors = (f"{error_cell(entry.top1)} / {error_cell(entry.top5)} ({entry.source})"
+                  if entry.source else "–")
+        lines.append(f"| {entry.label} | {entry.chapter} | {entry.train_size} | {fm['params']:,} | "
+                     f"{fm['flops'] / 1e9:.3f} | {imagenet} | {errors} | "
+                     f"{accuracy_cell(entry, profiles)} |")
+    notes = [
+        "",
+        "FM: Fashion-MNIST configuration (1 channel, 10 classes) at the chapter's training "
+        "resolution; ImageNet: 3 channels, 1000 classes. FLOPs = 2 x multiply-adds, forward "
+        "pass, batch 1, counted with `utils.profile.count_flops` (convolutions and linear "
+        "layers). Errors are the papers' (see `REFERENCE.md`); a blank means none is recorded "
+        "there. Accuracies are read from `results/histories/`; \"not run\" means the "
+        "chapter has not been run with a profile shown here"
+        + (" (smoke runs are excluded: their numbers mean nothing)." if not include_smoke else "."),
+        "",
+        "Regenerate with `python -m utils.comparison` (writes `results/comparison.md`).",
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="write the model comparison table as markdown")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="where to write (default results/comparison.md)")
+    parser.add_argument("--include-smoke", action="store_true",
+                        help="also show accuracies of smoke-profile runs")
+    parser.add_argument("--print", action="store_true", help="print the table too")
+    args = parser.parse_args(argv)
+    output = args.output or config.results_dir() / "comparison.md"
+    text = markdown_table(include_smoke=args.include_smoke)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    if args.print:
+        print(text)
+    print(f"wrote {output}")
+    uncovered = uncovered_factories()
+    if uncovered:
+        print(f"warning: utils.models has factories without an entry in utils.comparison.ENTRIES: "
+              f"{', '.join(uncovered)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
