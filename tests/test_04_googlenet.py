@@ -150,7 +150,7 @@ def test_fit_accepts_auxiliary_outputs():
 # ----------------------------------------------------------------------------- wrong inputs
 
 def test_too_small_input_says_to_resize():
-    with pytest.raises(InputSizeError, match="resize=32"):
+    with pytest.raises(InputSizeError, match="resize=96"):
         googlenet()(torch.zeros(1, 1, 28, 28))
     assert GoogLeNet.min_size == 32
     assert googlenet()(torch.zeros(1, 1, 32, 32)).shape == (1, 10)
