@@ -87,6 +87,10 @@ def test_block_3a_against_single_convolutions():
     assert round(profile.count_params(block) / 1e6, 2) == 0.16
     assert round(conv3.weight.numel() / 1e6, 2) == 0.44
     assert int(conv5.weight.numel() / 1e4) / 100 == 1.22
+    # The lecture's "FLOPs" are multiply-adds, rounded: 128M, 350M, 900M.
+    assert round(128_049_152 / 1e6) == 128
+    assert round(346_816_512 / 1e7) * 10 == 350
+    assert 963_379_200 // 10**8 * 100 == 900
 
 
 # ----------------------------------------------------------------------------- reference outputs
