@@ -33,6 +33,6 @@ def check_images(x: torch.Tensor, *, model: str, in_channels: int, min_size: int
             f"fashion_mnist(batch_size, resize={preferred or sizes[0]}).")
     if min_size is not None and side < min_size:
         raise InputSizeError(
-            f"{model} needs input of at least {min_size}x{min_size} pixels (its downsampling "
-            f"would shrink anything smaller to nothing); got {height}x{width}. Resize the data, "
+            f"{model} needs input of at least {min_size}x{min_size} pixels (smaller images leave "
+            f"its last stages too little to work on); got {height}x{width}. Resize the data, "
             f"e.g. fashion_mnist(batch_size, resize={preferred or min_size}).")

@@ -61,20 +61,27 @@ def is_checked(cell) -> bool:
 
 
 def clean(notebook: nbformat.NotebookNode) -> bool:
-    """Strip outputs and execution counts except from ``# NBVAL_CHECK_OUTPUT`` cells."""
+    """Strip outputs and execution counts except from ``# NBVAL_CHECK_OUTPUT`` cells.
+
+    Checked cells keep their outputs and get a count equal to their position among the
+    code cells: nbval refuses a cell with outputs but no count ("unrun reference cell"),
+    and a count that depends only on the position keeps the diffs of a rerun empty.
+    """
     changed = False
-    for cell in notebook.cells:
-        if cell.cell_type != "code":
-            continue
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    for number, cell in enumerate(code_cells, start=1):
         if not is_checked(cell):
             if cell.outputs or cell.execution_count is not None:
                 changed = True
             cell.outputs, cell.execution_count = [], None
         else:
             for output in cell.outputs:
-                if "execution_count" in output:
-                    output["execution_count"] = None
-            cell.execution_count = None
+                if "execution_count" in output and output["execution_count"] != number:
+                    output["execution_count"] = number
+                    changed = True
+            if cell.execution_count != number:
+                cell.execution_count = number
+                changed = True
         for key in ("execution", "collapsed", "scrolled"):
             if key in cell.metadata:
                 del cell.metadata[key]
@@ -96,6 +103,9 @@ def problems(path: Path) -> list[str]:
             found.append(f"cell {index} has output but no {CHECK_OUTPUT} (run python -m utils.nbtools clean)")
         if is_checked(cell) and not cell.outputs:
             found.append(f"cell {index} is {CHECK_OUTPUT} but has no committed output")
+        if is_checked(cell) and cell.execution_count is None:
+            found.append(f"cell {index} is {CHECK_OUTPUT} but has no execution count, which nbval "
+                         "rejects (run python -m utils.nbtools clean)")
     return found
 
 
