@@ -134,8 +134,8 @@ class Setting:
 SETTINGS = {
     "data-bound": Setting("data-bound", "bn_lenet", 28, 256, 1.0, 1, None, None,
                           "BN-LeNet, 28 px, the full 60,000/10,000 images, batch 256, lr 1.0, 1 epoch"),
-    "compute-bound": Setting("compute-bound", "small_vgg", 64, 128, 0.05, 1, 8_000, 2_000,
-                             "VGG-11 at 1/4 width, 64 px, 8,000 training / 2,000 test images "
+    "compute-bound": Setting("compute-bound", "small_vgg", 64, 128, 0.05, 1, 6_000, 2_000,
+                             "VGG-11 at 1/4 width, 64 px, 6,000 training / 2,000 test images "
                              "(the same subset for both), batch 128, lr 0.05, 1 epoch"),
 }
 
@@ -408,7 +408,10 @@ def markdown(results: dict, parts: dict | None, peak: float, args, started: str)
     command = "python -m benchmarks.d2l_vs_utils " + " ".join(args.argv)
     lines = ["# Performance: the book's training loop vs utils.train.fit", "",
              f"- machine: {machine()}, device cpu",
-             f"- date: {started} (UTC)", f"- command: `{command.strip()}`",
+             f"- date: {started} (UTC); load average when written: "
+             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min; above 2 means "
+             "other processes shared the 2 cores and the times are inflated)",
+             f"- command: `{command.strip()}`",
              f"- measured float32 matrix-multiply rate: {peak:.1f} GFLOP/s (utils.profile.matmul_gflops, median)",
              f"- medians of {args.repeats} alternating repeats, each run in a fresh process; wall time "
              "is end to end (data loading, training, evaluation)", ""]
@@ -454,6 +457,8 @@ def main(argv=None) -> int:
         return run_worker(args.worker, args.config, args.quick)
 
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    # written after each configuration, so an interrupted run still leaves its medians
+    output = args.output or config.results_dir() / ("performance-quick.md" if args.quick else "performance.md")
     names = list(SETTINGS) if args.config == "all" else [args.config]
     peaks = [profile.matmul_gflops()]
     print(f"machine: {machine()}; matrix-multiply rate {peaks[0]:.1f} GFLOP/s", flush=True)
@@ -484,19 +489,22 @@ def main(argv=None) -> int:
             if "speedup" in summary:
                 print(f"  medians: d2l {summary['d2l']['wall']:.1f} s, utils {summary['utils']['wall']:.1f} s"
                       f" -> utils is {summary['speedup']:.2f}x faster end to end", flush=True)
+            write(output, markdown(results, None, statistics.median(peaks), args, started))
     parts = None
     if not args.no_overhead:
         chosen = setting("data-bound", args.quick)
         print(f"\nmeasuring fit's overhead on {chosen.name} ({args.repeats} repeats) ...", flush=True)
         parts = overhead(chosen, repeats=args.repeats)
         print("\n".join(overhead_report(chosen, parts)))
-    peak = statistics.median(peaks)
-    text = markdown(results, parts, peak, args, started)
-    output = args.output or config.results_dir() / ("performance-quick.md" if args.quick else "performance.md")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
+    text = markdown(results, parts, statistics.median(peaks), args, started)
+    write(output, text)
     print(f"\n{text}\nwrote {output}")
     return 0
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 if __name__ == "__main__":

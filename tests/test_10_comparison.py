@@ -1,0 +1,173 @@
+"""Chapter 10: the comparison table covers every model factory, its counts match the reference
+numbers, accuracies come only from saved runs, and the README table is generated."""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from utils import comparison, train
+
+MODELS = comparison.models_module()
+ENTRIES = {entry.label: entry for entry in comparison.ENTRIES}
+
+# ImageNet configurations (3 channels, 1000 classes): (params, GMACs) from ../shared/REFERENCE.md
+# (torchvision's metadata, timm, or counted from the paper's tables, as noted there).
+IMAGENET_REFERENCE = {
+    "AlexNet (paper layout)": (62_378_344, None),   # paper layout, counted
+    "VGG-11": (132_863_336, 7.609),                 # torchvision
+    "VGG-16": (138_357_544, 15.470),                # torchvision
+    "VGG-19": (143_667_240, 19.632),                # torchvision
+    "GoogLeNet": (6_998_552, 1.583),                # counted from the paper's Table 1
+    "ResNet-18": (11_689_512, 1.814),               # torchvision
+    "ResNet-34": (21_797_672, 3.664),               # torchvision
+    "ResNet-50": (25_557_032, 4.089),               # torchvision (v1.5)
+    "Inception-v3": (23_834_568, 5.713),            # torchvision/timm, no auxiliary head
+    "Inception-v4": (42_679_816, 12.28),            # timm inception_v4
+    "Inception-ResNet-v2": (55_843_464, 13.18),     # timm inception_resnet_v2
+}
+# timm's published GMACs come from another counter: FlopCounterMode on timm's own
+# inception_v4 / inception_resnet_v2 gives 12.254 / 13.156, within 0.3% of them.
+GMACS_TOLERANCE = {"Inception-v4": 0.003, "Inception-ResNet-v2": 0.003}
+# Fashion-MNIST configurations of the book (REFERENCE.md: D2L)
+FASHION_REFERENCE = {"AlexNet (D2L)": 46_764_746, "GoogLeNet": 5_977_530}
+
+
+def need(entry: comparison.Entry):
+    if not hasattr(MODELS, entry.factory):
+        pytest.skip(f"chapter {entry.chapter} has not exported {entry.factory} yet")
+
+
+def test_every_model_factory_is_in_the_table():
+    uncovered = comparison.uncovered_factories(MODELS)
+    assert not uncovered, (f"utils.models defines {uncovered} without an entry in "
+                           "utils.comparison.ENTRIES: add one (or a reason in NOT_IN_TABLE)")
+
+
+def test_table_is_well_formed():
+    labels = [entry.label for entry in comparison.ENTRIES]
+    assert len(labels) == len(set(labels)), "labels are the keys of every table and chart"
+    for entry in comparison.ENTRIES:
+        assert entry.chapter.isdigit() and len(entry.chapter) == 2
+        assert entry.train_size >= 28
+        if entry.top1 is not None or entry.top5 is not None:
+            assert entry.source, f"{entry.label}: an error needs its source"
+        if entry.top1 is not None and entry.top5 is not None:
+            assert entry.top5 < entry.top1
+    assert not set(comparison.NOT_IN_TABLE) & {entry.factory for entry in comparison.ENTRIES}
+
+
+def test_paper_errors_are_the_reference_numbers():
+    # ../shared/REFERENCE.md, "Papers": top-1 / top-5 error %
+    errors = {label: (ENTRIES[label].top1, ENTRIES[label].top5) for label in ENTRIES
+              if ENTRIES[label].source}
+    assert errors == {
+        "AlexNet (paper layout)": (40.7, 18.2), "VGG-16": (25.6, 8.1), "GoogLeNet": (None, 7.89),
+        "ResNet-34": (24.19, 7.40), "BN-Inception": (25.2, 7.82), "Inception-v3": (21.2, 5.6),
+        "Inception-v4": (20.0, 5.0), "Inception-ResNet-v2": (19.9, 4.9)}
+
+
+@pytest.mark.parametrize("label", sorted(IMAGENET_REFERENCE))
+def test_imagenet_counts_match_the_references(label):
+    entry = ENTRIES[label]
+    need(entry)
+    params, gmacs = IMAGENET_REFERENCE[label]
+    row = comparison.complexity(entry, MODELS)["imagenet"]
+    assert row["params"] == params
+    if gmacs is not None:
+        tolerance = dict(rel=GMACS_TOLERANCE[label]) if label in GMACS_TOLERANCE else dict(abs=0.0006)
+        assert row["flops"] / 2e9 == pytest.approx(gmacs, **tolerance)
+
+
+@pytest.mark.parametrize("label", sorted(FASHION_REFERENCE))
+def test_fashion_counts_match_the_book(label):
+    need(ENTRIES[label])
+    assert comparison.complexity(ENTRIES[label], MODELS)["fashion"]["params"] == FASHION_REFERENCE[label]
+
+
+@pytest.mark.parametrize("label", sorted(ENTRIES))
+def test_every_entry_builds_and_counts_on_meta(label):
+    entry = ENTRIES[label]
+    need(entry)
+    row = comparison.complexity(entry, MODELS)
+    assert row["fashion"]["params"] > 0 and row["fashion"]["flops"] > 0
+    assert (row["imagenet"] is None) == (entry.imagenet_size is None)
+    net = comparison.build(entry, "fashion", "meta", MODELS)
+    output = net.eval()(torch.zeros(comparison.input_shape(entry, "fashion", batch=2), device="meta"))
+    assert tuple(output.shape) == (2, 10)
+
+
+# ----------------------------------------------------------------------------- the machinery, on a fake module
+
+def _fake_models():
+    module = types.ModuleType("fake_models")
+
+    def tiny(num_classes=10, in_channels=1):
+        return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, num_classes))
+
+    def builder(stages, num_classes=10, in_channels=1):  # needs a configuration: not a factory
+        return tiny(num_classes, in_channels)
+
+    def block(in_channels, out_channels):  # a part, not a model
+        return nn.Conv2d(in_channels, out_channels, 3)
+
+    for function in (tiny, builder, block):
+        function.__module__ = module.__name__
+        setattr(module, function.__name__, function)
+    module._private = tiny
+    module.Tiny = nn.Sequential  # classes are not factories
+    module.imported = torch.nn.functional.relu  # defined elsewhere
+    return module
+
+
+def test_model_factories_finds_only_whole_model_functions():
+    fake = _fake_models()
+    assert sorted(comparison.model_factories(fake)) == ["tiny"]
+    assert comparison.uncovered_factories(fake) == ["tiny"]
+
+
+def _history(acc, side=28, epochs=1, profile="quick"):
+    history = train.History(meta={"image_shape": [1, side, side], "device": "cpu", "profile": profile})
+    for _ in range(epochs):
+        history.record(train_loss=0.5, train_acc=acc, test_acc=acc, seconds=1.0, examples_per_sec=100.0)
+    return history
+
+
+def test_history_lookup_prefers_the_most_complete_profile(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNN_RESULTS_DIR", str(tmp_path))
+    entry = comparison.Entry("Tiny", "tiny", "01", 28, None, history="tiny_run")
+    assert comparison.find_history(entry) is None
+    assert comparison.accuracy_cell(entry) == "not run"
+    folder = tmp_path / "histories"
+    _history(0.1, profile="smoke").save(folder / "tiny_run-smoke.json")
+    assert comparison.accuracy_cell(entry) == "0.100 (smoke, 1 ep, 28 px)"
+    assert comparison.accuracy_cell(entry, ("full", "quick")) == "not run"
+    _history(0.875, side=64, epochs=3).save(folder / "tiny_run-quick.json")
+    found_profile, history = comparison.find_history(entry)
+    assert found_profile == "quick" and history.epochs == 3
+    assert comparison.accuracy_cell(entry) == "0.875 (quick, 3 ep, 64 px)"
+    (folder / "tiny_run-full.json").write_text("not json")  # a broken file is passed over
+    assert comparison.find_history(entry)[0] == "quick"
+
+
+def test_markdown_table_and_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNN_RESULTS_DIR", str(tmp_path))
+    fake = _fake_models()
+    monkeypatch.setattr(comparison, "ENTRIES", (
+        comparison.Entry("Tiny", "tiny", "01", 32, 64, 30.0, 10.0, "a paper"),
+        comparison.Entry("Later", "later", "09", 96, None)))
+    text = comparison.markdown_table(module=fake)
+    assert text == comparison.markdown_table(module=fake), "deterministic"
+    assert "| Tiny | 01 | 32 | 90 | 0.000 | 64 | 5,112 | 0.000 | 30 / 10 (a paper) | not run |" in text
+    assert "| Later | 09 | 96 | not exported yet |" in text
+    _history(0.5, profile="smoke").save(tmp_path / "histories" / "tiny-smoke.json")
+    assert "not run" in comparison.markdown_table(module=fake).splitlines()[2]  # smoke excluded
+    assert "0.500 (smoke" in comparison.markdown_table(include_smoke=True, module=fake)
+    monkeypatch.setattr(comparison, "models_module", lambda: fake)
+    monkeypatch.setattr(comparison.importlib, "import_module", lambda name: fake)
+    output = tmp_path / "table.md"
+    assert comparison.main(["--output", str(output)]) == 0
+    assert output.read_text().startswith("| model | chapter |")
