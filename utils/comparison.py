@@ -197,14 +197,17 @@ def find_history(entry: Entry, profiles=PROFILE_ORDER):
 
 
 def accuracy_cell(entry: Entry, profiles=PROFILE_ORDER) -> str:
-    """``0.912 (full, 10 ep, 224 px)`` or ``not run``: never a number that was not measured."""
+    """``0.912 (full, 10 ep, 224 px, 60,000 images)`` or ``not run``: never a number that
+    was not measured. Profile, epochs, resolution and training-set size say what produced it."""
     found = find_history(entry, profiles)
     if found is None:
         return "not run"
     name, history = found
     shape = history.meta.get("image_shape") or []
     size = f", {shape[-1]} px" if shape else ""
-    return f"{history.test_acc[-1]:.3f} ({name}, {history.epochs} ep{size})"
+    examples = history.meta.get("train_examples")
+    count = f", {examples:,} images" if examples else ""
+    return f"{history.test_acc[-1]:.3f} ({name}, {history.epochs} ep{size}{count})"
 
 
 def error_cell(value) -> str:
@@ -267,8 +270,11 @@ def markdown_table(include_smoke: bool = False, module=None, rows: dict | None =
         "resolution; ImageNet: 3 channels, 1000 classes. FLOPs = 2 x multiply-adds, forward "
         "pass, batch 1, counted with `utils.profile.count_flops` (convolutions and linear "
         "layers). Errors are the papers' (see `REFERENCE.md`); a blank means none is recorded "
-        "there. Accuracies are read from `results/histories/`; \"not run\" means the "
-        "chapter has not been run with a profile shown here"
+        "there. Accuracies are read from `results/histories/` with the profile, epochs, "
+        "resolution and number of training images of the run; `quick` runs are reduced (subsets, "
+        "sometimes a lower resolution or fewer blocks: see each chapter's settings) and only "
+        "`full` runs use the book's settings. \"not run\" means the chapter has not been run "
+        "with a profile shown here"
         + (" (smoke runs are excluded: their numbers mean nothing)." if not include_smoke else "."),
         "",
         "Regenerate with `python -m utils.comparison` (writes `results/comparison.md`).",
