@@ -94,9 +94,9 @@ NOT_IN_TABLE: dict[str, str] = {}
 # ----------------------------------------------------------------------------- the table vs utils.models
 
 def models_module():
-    """``utils.models``, re-imported so a freshly exported file is seen."""
-    module = importlib.import_module("utils.models")
-    return importlib.reload(module)
+    """``utils.models`` (not reloaded: a reload replaces its classes in place, and objects
+    made before it stop being instances of them; restart the kernel after an export)."""
+    return importlib.import_module("utils.models")
 
 
 def model_factories(module=None) -> dict:

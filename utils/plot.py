@@ -1,6 +1,7 @@
 """Plots shared by the chapters: training curves (live and after the fact), bars, scatters."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from matplotlib.figure import Figure  # no pyplot: figures are shown only where we display them
@@ -79,19 +80,28 @@ def plot_history(*histories, title: str | None = None, labels=None):
 
 
 class LivePlot:
-    """Training curves redrawn in place in a Jupyter output while ``fit`` runs."""
+    """Training curves redrawn in place in a Jupyter output while ``fit`` runs.
 
-    def __init__(self, history):
+    A redraw costs tens of milliseconds, so within an epoch it happens at most once every
+    ``min_interval`` seconds; the end of every epoch is always drawn.
+    """
+
+    def __init__(self, history, min_interval: float = 2.0):
         from IPython.display import display
 
         self.history = history
+        self.min_interval = min_interval
         self.figure, self.axes = _new_figure(2)
         _draw_history(self.axes, history)
         self.handle = display(self.figure, display_id=True)
+        self.last_draw = time.perf_counter()
 
-    def update(self, points):
+    def update(self, points, force: bool = False):
+        if not force and time.perf_counter() - self.last_draw < self.min_interval:
+            return
         _draw_history(self.axes, self.history, points)
         self.handle.update(self.figure)
+        self.last_draw = time.perf_counter()
 
 
 def bar_chart(values: dict, *, ylabel: str, title: str | None = None, log: bool = False,

@@ -292,6 +292,8 @@ def fit(net: nn.Module, train_iter, test_iter, *, epochs: int, lr: float, device
       it aside to ``*.bak`` and starts over).
     - On a GPU: mixed precision (``amp``), channels-last memory and cuDNN autotuning are
       on by default; ``compile=True`` adds ``torch.compile``.
+    - ``net.train()`` is called at the start of every epoch; a frozen part that must stay
+      in eval mode (e.g. a backbone's batch norm) has to override ``train()``.
     - Ctrl-C (or Jupyter's stop button) ends training cleanly: the history so far is
       returned with ``interrupted=True`` and the checkpoint is kept; run again to resume.
     """
@@ -476,7 +478,7 @@ class _ProgressView:
         if not self.enabled:
             return
         if self.live is not None:
-            self.live.update(self.points)
+            self.live.update(self.points, force=True)
         if self.bar is not None:
             self.bar.write(self.history.summary())
             self.bar.reset()
@@ -491,6 +493,6 @@ class _ProgressView:
         if not self.enabled:
             return
         if self.live is not None:
-            self.live.update(self.points)
+            self.live.update(self.points, force=True)
         elif show_plot and self.history.epochs:
             print("The curves so far: history.plot()")
