@@ -21,6 +21,20 @@ def tiny_net(classes=10):
                          nn.Flatten(), nn.Linear(4 * 7 * 7, classes))
 
 
+class CountingNet(nn.Module):
+    """``tiny_net`` that counts its forward calls and lets a test act on the n-th one."""
+
+    def __init__(self, on_call):
+        super().__init__()
+        self.body = tiny_net()
+        self.calls = 0
+        self.on_call = on_call
+
+    def forward(self, x):
+        self.calls += 1
+        return self.on_call(self, self.body(x))
+
+
 @pytest.fixture
 def loaders(fake_data):
     return data.fashion_mnist(16)
@@ -129,20 +143,10 @@ def test_nan_loss_stops_with_the_learning_rate_named(tmp_path, loaders):
 
 
 def test_diverging_run_keeps_the_last_good_checkpoint(tmp_path, loaders):
-    class ExplodesLater(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = tiny_net()
-            self.calls = 0
-
-        def forward(self, x):
-            self.calls += 1
-            out = self.body(x)
-            return out * float("nan") if self.calls > 5 else out
-
+    explodes_later = CountingNet(lambda net, out: out * float("nan") if net.calls > 5 else out)
     path = tmp_path / "run.pt"
     with pytest.raises(train.TrainingDiverged, match="last good epoch \\(1\\)"):
-        train.fit(ExplodesLater(), *loaders, epochs=3, lr=0.1, checkpoint=path, progress=False)
+        train.fit(explodes_later, *loaders, epochs=3, lr=0.1, checkpoint=path, progress=False)
     assert path.exists()
 
 
@@ -161,20 +165,13 @@ def test_bad_arguments_are_explained(loaders, kwargs, message):
 
 
 def test_keyboard_interrupt_returns_history_and_keeps_checkpoint(tmp_path, loaders, capsys):
-    class StopsInEpochTwo(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = tiny_net()
-            self.calls = 0
-
-        def forward(self, x):
-            self.calls += 1
-            if self.training and self.calls == 7:  # epoch 2 (4 training batches + eval per epoch)
-                raise KeyboardInterrupt
-            return self.body(x)
+    def stop_in_epoch_two(net, out):
+        if net.training and net.calls == 7:  # epoch 2 (4 training batches + eval per epoch)
+            raise KeyboardInterrupt
+        return out
 
     path = tmp_path / "run.pt"
-    net = StopsInEpochTwo()
+    net = CountingNet(stop_in_epoch_two)
     history = train.fit(net, *loaders, epochs=3, lr=0.1, checkpoint=path, progress=False)
     assert history.interrupted and history.epochs == 1
     out = capsys.readouterr().out
