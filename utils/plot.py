@@ -86,7 +86,7 @@ class LivePlot:
     ``min_interval`` seconds; the end of every epoch is always drawn.
     """
 
-    def __init__(self, history, min_interval: float = 2.0):
+    def __init__(self, history, min_interval: float = 5.0):
         from IPython.display import display
 
         self.history = history
