@@ -2,45 +2,25 @@
 a clear message without d2l, and each measurement path run once on tiny fake data."""
 from __future__ import annotations
 
-import gzip
-import struct
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 from benchmarks import d2l_vs_utils as bench
+from tests.conftest import make_fake_fashion_mnist
 from utils import data, profile
 
 
-def _write_idx(path, array):
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as handle:
-        handle.write(header + array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture
-def tiny_data(tmp_path, monkeypatch):
+def tiny_data(isolated, monkeypatch):
     """Fake Fashion-MNIST (80 train / 40 test images) and the benchmark's folders in tmp_path."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for split, n in (("train", 80), ("test", 40)):
-        labels = rng.integers(0, 10, n)
-        images = labels[:, None, None] * 25 + rng.integers(0, 5, (n, 28, 28))
-        _write_idx(folder / data.FILES[f"{split}_images"], images)
-        _write_idx(folder / data.FILES[f"{split}_labels"], labels)
-    monkeypatch.setenv("CNN_DATA_DIR", str(folder))
-    monkeypatch.setenv("CNN_RESULTS_DIR", str(tmp_path / "results"))
-    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "no-debian")
-    monkeypatch.setattr(bench, "OUT", tmp_path / "out")
-    monkeypatch.setattr(bench, "D2L_DATA", tmp_path / "out" / "data")
-    monkeypatch.setattr(bench, "D2L_WORKDIR", tmp_path / "out" / "work")
-    monkeypatch.chdir(tmp_path)  # run_d2l changes directory; monkeypatch restores it
-    data._CACHE.clear()
-    yield tmp_path
-    data._CACHE.clear()
+    make_fake_fashion_mnist(isolated / "data", n_train=80, n_test=40)
+    monkeypatch.setattr(bench, "OUT", isolated / "out")
+    monkeypatch.setattr(bench, "D2L_DATA", isolated / "out" / "data")
+    monkeypatch.setattr(bench, "D2L_WORKDIR", isolated / "out" / "work")
+    monkeypatch.chdir(isolated)  # run_d2l changes directory; monkeypatch restores it
+    yield isolated
 
 
 def tiny(name="data-bound", **changes):

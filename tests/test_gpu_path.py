@@ -4,44 +4,24 @@ channels-last tensors, and the choices made for a GPU are checked with a patched
 Tests that need a real GPU are skipped without one."""
 from __future__ import annotations
 
-import gzip
 import math
 import os
-import struct
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from tests.conftest import make_fake_fashion_mnist
 from utils import data, train
 
 CUDA = torch.cuda.is_available()
 
 
-def _write_idx(path, array):
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as handle:
-        handle.write(header + array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture
-def loaders(tmp_path, monkeypatch):
+def loaders(isolated):
     """Tiny learnable fake Fashion-MNIST (class k has brightness k), batch 16."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for split, n in (("train", 64), ("test", 32)):
-        labels = rng.integers(0, 10, n)
-        _write_idx(folder / data.FILES[f"{split}_images"],
-                   labels[:, None, None] * 25 + rng.integers(0, 5, (n, 28, 28)))
-        _write_idx(folder / data.FILES[f"{split}_labels"], labels)
-    monkeypatch.setenv("CNN_DATA_DIR", str(folder))
-    monkeypatch.setenv("CNN_RESULTS_DIR", str(tmp_path / "results"))
-    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "no-debian")
-    data._CACHE.clear()
-    yield data.fashion_mnist(16, device="cpu")
-    data._CACHE.clear()
+    make_fake_fashion_mnist(isolated / "data")
+    return data.fashion_mnist(16, device="cpu")
 
 
 def conv_bn_net():
