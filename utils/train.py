@@ -344,10 +344,8 @@ def fit(net: nn.Module, train_iter, test_iter, *, epochs: int, lr: float, device
                 sched.load_state_dict(state["scheduler"])
             if scaler is not None and state["scaler"] is not None:
                 scaler.load_state_dict(state["scaler"])
-            saved = History.from_dict(state["history"])
-            history.train_loss, history.train_acc, history.test_acc = (
-                saved.train_loss, saved.train_acc, saved.test_acc)
-            history.seconds, history.examples_per_sec = saved.seconds, saved.examples_per_sec
+            # The epochs so far come from the checkpoint; the description is this run's.
+            history = History.from_dict({**state["history"], "meta": history.meta})
             torch.set_rng_state(state["rng"]["torch"])
             if cuda and state["rng"]["cuda"] is not None:
                 torch.cuda.set_rng_state_all(state["rng"]["cuda"])
