@@ -16,7 +16,10 @@ and each time in a fresh Python process:
   written after the epoch).
 
 The wall time is end to end: from just before the data are loaded to the end of the last
-evaluation (the model is built before the clock starts, the Python start-up is not timed).
+evaluation (the model is built before the clock starts; the Python start-up and library
+imports are not timed, for either loop: ``torch.optim`` imports ``torch._dynamo``, 1.5 s
+here, on its first use, which importing d2l does already through torchvision, so each
+worker imports it before starting the clock).
 Reported per loop: medians over the repeats of the wall time, examples/s (training
 examples / wall time), test accuracy, and the achieved training rate in GFLOP/s
 (``utils.profile.count_train_flops`` per example x examples / wall time) with its share of
@@ -257,12 +260,15 @@ def _timed(function):
     return time.perf_counter() - start, value
 
 
-def bare_epoch(net, train_iter, lr: float) -> None:
-    """The minimal training epoch over the same loader: forward, loss, backward, SGD step."""
+def bare_epoch(net, train_iter, lr: float, channels_last: bool = False) -> None:
+    """The minimal training epoch over the same loader: forward, loss, backward, SGD step
+    (in the memory layout ``fit`` chooses, so that the difference is ``fit``'s overhead)."""
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     net.train()
     for X, y in train_iter:
+        if channels_last:
+            X = X.contiguous(memory_format=torch.channels_last)
         loss = loss_fn(net(X), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -284,14 +290,18 @@ def overhead(chosen: Setting, repeats: int = 3, seed: int = 0, renders: int = 5)
                                                test_subset=chosen.test_subset, device="cpu", seed=seed)
     torch.manual_seed(seed)
     net = chosen.build()
+    channels_last = train.prefers_channels_last(net, torch.device("cpu"))
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
     checkpoint = OUT / "checkpoints" / f"overhead-{chosen.name}.pt"
     parts: dict[str, list[float]] = {k: [] for k in ("data", "bare_train", "evaluate", "fit_quiet",
                                                        "fit_full", "checkpoint", "live_plot")}
     history = None
     for _ in range(repeats):
         parts["data"].append(_timed(lambda: [None for _ in train_iter])[0])
-        parts["bare_train"].append(_timed(lambda: bare_epoch(net, train_iter, chosen.lr))[0])
-        parts["evaluate"].append(_timed(lambda: train.evaluate_accuracy(net, test_iter, "cpu"))[0])
+        parts["bare_train"].append(_timed(lambda: bare_epoch(net, train_iter, chosen.lr, channels_last))[0])
+        parts["evaluate"].append(_timed(lambda: train.evaluate_accuracy(
+            net, test_iter, "cpu", channels_last=channels_last))[0])
         parts["fit_quiet"].append(_timed(lambda: train.fit(
             net, train_iter, test_iter, epochs=chosen.epochs, lr=chosen.lr, device="cpu",
             progress=False))[0])
@@ -335,7 +345,10 @@ def overhead_report(chosen: Setting, parts: dict) -> list[str]:
         ("one save_checkpoint alone", parts["checkpoint"]),
         ("live plot in Jupyter, per epoch (5 PNG renders, estimated)", parts["live_plot"]),
     ]
-    lines = [f"Where fit's time goes ({chosen.name}: {chosen.what}; medians, seconds)", ""]
+    layout = ("channels-last" if train.prefers_channels_last(chosen.build(), torch.device("cpu"))
+              else "default (NCHW)")
+    lines = [f"Where fit's time goes ({chosen.name}: {chosen.what}; memory layout {layout}, "
+             "as fit chooses it; medians, seconds)", ""]
     lines += ["| part | seconds | share of a bare epoch |", "|---|--:|--:|"]
     lines += [f"| {label} | {seconds:.3f} | {seconds / epoch:.1%} |" for label, seconds in rows]
     notebook_total = helpers + parts["live_plot"]
@@ -349,6 +362,8 @@ def overhead_report(chosen: Setting, parts: dict) -> list[str]:
 
 def run_worker(loop: str, name: str, quick: bool) -> int:
     chosen = setting(name, quick)
+    import torch._dynamo  # noqa: F401  (an import, not training: see the module's docstring)
+
     try:
         result = run_d2l(chosen) if loop == "d2l" else run_utils(chosen)
     except D2LMissing as exc:
@@ -404,7 +419,7 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
-def markdown(results: dict, parts: dict | None, peak: float, args, started: str) -> str:
+def markdown(results: dict, overheads: dict, peak: float, args, started: str) -> str:
     command = "python -m benchmarks.d2l_vs_utils " + " ".join(args.argv)
     lines = ["# Performance: the book's training loop vs utils.train.fit", "",
              f"- machine: {machine()}, device cpu",
@@ -435,9 +450,8 @@ def markdown(results: dict, parts: dict | None, peak: float, args, started: str)
                 lines.append(f"  {loop}: wall times {', '.join(f'{w:.1f}' for w in s['walls'])} s; "
                              f"test acc {', '.join(f'{a:.3f}' for a in s['test_accs'])}; training-only "
                              f"rate as the loop itself reports it {s['train_only_examples_per_sec']:,.0f} examples/s.")
-    if parts is not None:
-        lines += [""] + overhead_report(SETTINGS["data-bound"] if not args.quick else
-                                        setting("data-bound", True), parts)
+    for chosen, parts in overheads.values():
+        lines += [""] + overhead_report(chosen, parts)
     return "\n".join(lines) + "\n"
 
 
@@ -489,14 +503,15 @@ def main(argv=None) -> int:
             if "speedup" in summary:
                 print(f"  medians: d2l {summary['d2l']['wall']:.1f} s, utils {summary['utils']['wall']:.1f} s"
                       f" -> utils is {summary['speedup']:.2f}x faster end to end", flush=True)
-            write(output, markdown(results, None, statistics.median(peaks), args, started))
-    parts = None
-    if not args.no_overhead:
-        chosen = setting("data-bound", args.quick)
+            write(output, markdown(results, {}, statistics.median(peaks), args, started))
+    overheads = {}
+    for name in [] if args.no_overhead else names:
+        chosen = setting(name, args.quick)
         print(f"\nmeasuring fit's overhead on {chosen.name} ({args.repeats} repeats) ...", flush=True)
-        parts = overhead(chosen, repeats=args.repeats)
-        print("\n".join(overhead_report(chosen, parts)))
-    text = markdown(results, parts, statistics.median(peaks), args, started)
+        overheads[name] = (chosen, overhead(chosen, repeats=args.repeats))
+        print("\n".join(overhead_report(*overheads[name])), flush=True)
+        write(output, markdown(results, overheads, statistics.median(peaks), args, started))
+    text = markdown(results, overheads, statistics.median(peaks), args, started)
     write(output, text)
     print(f"\n{text}\nwrote {output}")
     return 0

@@ -120,3 +120,19 @@ def test_summary_medians_and_speedup():
     assert summary["speedup"] == pytest.approx(2.2)
     assert summary["utils"]["gflops"] == pytest.approx(100 * 1.0 / 5)
     assert summary["utils"]["share_of_peak"] == pytest.approx(0.2)
+
+
+PARTS = dict.fromkeys(("data", "bare_train", "evaluate", "fit_quiet", "fit_full", "checkpoint", "live_plot"), 1.0)
+
+
+def test_overhead_report_names_the_layout_fit_chooses():
+    compute_bound = tiny("compute-bound", side=32)  # small VGG: 16-channel first convolution
+    assert "memory layout channels-last" in bench.overhead_report(compute_bound, PARTS)[0]
+    assert "memory layout default (NCHW)" in bench.overhead_report(tiny(), PARTS)[0]  # BN-LeNet: 6
+
+
+def test_markdown_reports_the_overhead_of_every_configuration():
+    args = bench.argparse.Namespace(argv=["--quick"], repeats=1, quick=True)
+    overheads = {name: (tiny(name), PARTS) for name in bench.SETTINGS}
+    text = bench.markdown({}, overheads, 100.0, args, "2026-01-01 00:00")
+    assert all(f"Where fit's time goes ({name}" in text for name in bench.SETTINGS)

@@ -111,10 +111,54 @@ def test_channels_last_gives_the_same_predictions(loaders):
     assert train.evaluate_accuracy(net, test_iter, "cpu", channels_last=True) == plain
 
 
-def test_channels_last_auto_is_off_on_cpu(loaders):
-    net = conv_bn_net()
-    train.fit(net, *loaders, epochs=1, lr=0.1, progress=False)
-    assert net[0].weight.is_contiguous()  # default layout: 'auto' is for CUDA only
+def wide_conv_net():
+    """The first convolution 16 channels wide: channels-last pays off on a CPU."""
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+def test_channels_last_auto_stays_off_on_cpu_for_narrow_convolutions(loaders):
+    net = conv_bn_net()  # an 8-channel first convolution, like LeNet's 6
+    history = train.fit(net, *loaders, epochs=1, lr=0.1, progress=False)
+    assert net[0].weight.is_contiguous()
+    assert history.meta["channels_last"] is False
+
+
+def test_channels_last_auto_is_on_on_cpu_for_wide_convolutions(loaders):
+    net = wide_conv_net()
+    history = train.fit(net, *loaders, epochs=1, lr=0.1, progress=False)
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert history.meta["channels_last"] is True and math.isfinite(history.train_loss[0])
+
+
+def test_channels_last_false_overrides_auto(loaders):
+    net = wide_conv_net()
+    history = train.fit(net, *loaders, epochs=1, lr=0.1, channels_last=False, progress=False)
+    assert net[0].weight.is_contiguous() and history.meta["channels_last"] is False
+
+
+@pytest.mark.parametrize("make, device, expected", [
+    (conv_bn_net, "cpu", False),       # first convolution 8 < 16 channels
+    (wide_conv_net, "cpu", True),
+    (conv_bn_net, "cuda", True),       # on a GPU every convolutional net
+    (wide_conv_net, "mps", False),
+    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), "cuda", False),  # no convolution
+    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), "cpu", False),
+])
+def test_prefers_channels_last_table(make, device, expected):
+    assert train.prefers_channels_last(make(), torch.device(device)) is expected
+
+
+def test_chapter_models_channels_last_choice_on_cpu():
+    from utils import models
+
+    cpu = torch.device("cpu")
+    assert not train.prefers_channels_last(models.bn_lenet_concise(), cpu)  # measured 0.82x
+    assert not train.prefers_channels_last(models.lenet(), cpu)
+    for make in (models.alexnet, models.nin, models.googlenet, models.resnet18, models.inception_bn,
+                 lambda: models.vgg11(width_divisor=4)):
+        assert train.prefers_channels_last(make(), cpu)
 
 
 def test_cudnn_benchmark_only_switched_on_for_cuda(loaders, monkeypatch):
