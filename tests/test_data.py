@@ -70,6 +70,48 @@ def test_wrong_length_and_bad_magic_are_named(fake_data):
         data.read_idx(labels)
 
 
+def _reload():
+    data._CACHE.clear()  # forget the in-process copy, as a new Python process would
+    return data.load_arrays(download=False)
+
+
+def test_decoded_arrays_are_cached_and_read_back_identically(fake_data, monkeypatch):
+    first = _reload()
+    cache = data.decoded_cache_path(fake_data)
+    assert cache.parent == fake_data / ".cache" and cache.is_file()
+    monkeypatch.setattr(data, "read_idx", lambda path: pytest.fail("decoded again despite the cache"))
+    second = _reload()
+    assert all(torch.equal(first[key], second[key]) and first[key].dtype == second[key].dtype for key in first)
+    second["train_images"][0] += 1  # writable, and a copy: the cache file is untouched
+    assert torch.equal(_reload()["train_images"], first["train_images"])
+
+
+def test_changed_source_file_replaces_the_cache(fake_data):
+    old = _reload()
+    old_cache = data.decoded_cache_path(fake_data)
+    make_fake_fashion_mnist(fake_data, n_train=20, n_test=10, seed=1)
+    new = _reload()
+    assert new["train_labels"].shape == (20,) and not torch.equal(new["test_labels"], old["test_labels"][:10])
+    assert not old_cache.exists() and data.decoded_cache_path(fake_data).is_file()  # no stale 55 MB copies
+
+
+def test_damaged_cache_is_ignored_and_rewritten(fake_data):
+    good = _reload()
+    cache = data.decoded_cache_path(fake_data)
+    cache.write_bytes(cache.read_bytes()[:100])
+    assert torch.equal(_reload()["train_images"], good["train_images"])
+    assert cache.stat().st_size > 100
+
+
+def test_unwritable_cache_folder_still_loads(fake_data, monkeypatch):
+    def refuse(path, write):
+        raise PermissionError(f"read-only: {path}")
+
+    monkeypatch.setattr("utils.train.atomic_write", refuse)
+    assert _reload()["train_labels"].shape == (64,)
+    assert not data.decoded_cache_path(fake_data).exists()
+
+
 def test_batches_are_float_in_unit_range_and_cover_every_example(fake_data):
     train_iter, test_iter = data.fashion_mnist(10)
     assert len(train_iter) == 7  # 64 examples, last batch of 4 kept
