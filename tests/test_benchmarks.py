@@ -105,10 +105,11 @@ def test_d2l_side_runs_on_the_same_examples(tiny_data):
 
 def test_overhead_parts_and_report(tiny_data):
     parts = bench.overhead(tiny(), repeats=1, renders=1)
-    assert set(parts) == {"data", "bare_train", "evaluate", "fit_quiet", "fit_full", "checkpoint", "live_plot"}
+    assert set(parts) == {"data", "bare_train", "evaluate", "fit_quiet", "fit_full", "bookkeeping",
+                          "checkpoint", "live_plot"}
     assert all(seconds > 0 for seconds in parts.values())
     report = "\n".join(bench.overhead_report(tiny(), parts))
-    assert "Helpers' overhead" in report and "save_checkpoint" in report
+    assert "What fit adds" in report and "save_checkpoint" in report
 
 
 def test_summary_medians_and_speedup():
@@ -122,7 +123,8 @@ def test_summary_medians_and_speedup():
     assert summary["utils"]["share_of_peak"] == pytest.approx(0.2)
 
 
-PARTS = dict.fromkeys(("data", "bare_train", "evaluate", "fit_quiet", "fit_full", "checkpoint", "live_plot"), 1.0)
+PARTS = dict.fromkeys(("data", "bare_train", "evaluate", "fit_quiet", "fit_full", "bookkeeping", "checkpoint",
+                       "live_plot"), 1.0)
 
 
 def test_overhead_report_names_the_layout_fit_chooses():
@@ -136,3 +138,13 @@ def test_markdown_reports_the_overhead_of_every_configuration():
     overheads = {name: (tiny(name), PARTS) for name in bench.SETTINGS}
     text = bench.markdown({}, overheads, 100.0, args, "2026-01-01 00:00")
     assert all(f"Where fit's time goes ({name}" in text for name in bench.SETTINGS)
+
+
+def test_bookkeeping_replays_one_epoch_of_fits_per_batch_work(tiny_data, monkeypatch):
+    train_iter, _ = data.fashion_mnist(8, train_subset=64, device="cpu")
+    added = []
+    original = bench.train.RunningMetrics.add
+    monkeypatch.setattr(bench.train.RunningMetrics, "add",
+                        lambda self, *batch: (added.append(len(batch[-1])), original(self, *batch)))
+    seconds = bench.bookkeeping(bench.bn_lenet(), train_iter, stored=3)
+    assert seconds > 0 and added == [8] * len(train_iter)  # every batch of the epoch

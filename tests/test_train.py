@@ -290,3 +290,18 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         train.atomic_write(path, fails)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
+def test_running_metrics_weights_batches_by_size():
+    metrics = train.RunningMetrics("cpu")
+    metrics.add(torch.tensor(1.0), torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 0]))
+    metrics.add(torch.tensor(4.0), torch.tensor([[0.0, 1.0]]), torch.tensor([1]))
+    assert metrics.seen == 3
+    assert metrics.mean_loss() == pytest.approx((1.0 * 2 + 4.0) / 3)
+    assert metrics.accuracy() == pytest.approx(2 / 3)
+
+
+def test_report_points_are_spread_and_include_the_last_batch():
+    assert train.report_points(235, 4) == {58, 117, 175, 234}  # round(235 * k / 4) - 1
+    assert train.report_points(3, 4) == {0, 1, 2}
+    assert train.report_points(10, 1) == {9}

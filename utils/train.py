@@ -146,6 +146,34 @@ def accuracy_count(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=1) == labels).sum()
 
 
+class RunningMetrics:
+    """Training loss and accuracy summed over an epoch on the device: adding a batch does
+    not wait for the device; reading the means does."""
+
+    def __init__(self, device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.seen = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += loss.detach().float() * len(labels)
+        self.correct += accuracy_count(logits.detach(), labels)
+        self.seen += len(labels)
+
+    def mean_loss(self) -> float:
+        return self.loss_sum.item() / self.seen
+
+    def accuracy(self) -> float:
+        return self.correct.item() / self.seen
+
+
+def report_points(batches: int, updates_per_epoch: int) -> set[int]:
+    """The batch indices after which ``fit`` reads the running metrics (and so waits for the
+    device): ``updates_per_epoch`` evenly spaced points, the last batch among them."""
+    updates = max(1, min(updates_per_epoch, batches))
+    return {round(batches * (k + 1) / updates) - 1 for k in range(updates)}
+
+
 def evaluate_accuracy(net: nn.Module, data_iter, device=None, *, channels_last: bool = False) -> float:
     """Accuracy of ``net`` on every example of ``data_iter``, in eval mode."""
     device = torch.device(device) if device is not None else next(net.parameters()).device
@@ -385,17 +413,14 @@ def fit(net: nn.Module, train_iter, test_iter, *, epochs: int, lr: float, device
 
     model = torch.compile(net) if compile else net
     view = _ProgressView(history, epochs, len(train_iter), progress)
-    updates = max(1, min(updates_per_epoch, len(train_iter)))
-    report_at = {round(len(train_iter) * (k + 1) / updates) - 1 for k in range(updates)}
+    report_at = report_points(len(train_iter), updates_per_epoch)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
 
     try:
         for epoch in range(history.epochs, epochs):
             model.train()
             start = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), dtype=torch.long, device=device)
-            seen = 0
+            metrics = RunningMetrics(device)
             for i, (X, y) in enumerate(train_iter):
                 X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if channels_last:
@@ -421,22 +446,20 @@ def fit(net: nn.Module, train_iter, test_iter, *, epochs: int, lr: float, device
                     scaler.update()
                 else:
                     opt.step()
-                loss_sum += batch_loss.detach().float() * len(y)
-                correct += accuracy_count(main.detach(), y)
-                seen += len(y)
+                metrics.add(batch_loss, main, y)
                 if i in report_at:  # the only points where the device is synchronised
-                    mean_loss = loss_sum.item() / seen
+                    mean_loss = metrics.mean_loss()
                     if not math.isfinite(mean_loss):
                         raise TrainingDiverged(_diverged_message(epoch, i, lr, checkpoint, history))
-                    view.batch(epoch + (i + 1) / len(train_iter), mean_loss, correct.item() / seen)
+                    view.batch(epoch + (i + 1) / len(train_iter), mean_loss, metrics.accuracy())
                 view.step()
             train_seconds = time.perf_counter() - start
             test_acc = evaluate_accuracy(model, test_iter, device, channels_last=channels_last)
             if sched is not None:
                 sched.step()
-            history.record(train_loss=loss_sum.item() / seen, train_acc=correct.item() / seen,
+            history.record(train_loss=metrics.mean_loss(), train_acc=metrics.accuracy(),
                            test_acc=test_acc, seconds=time.perf_counter() - start,
-                           examples_per_sec=seen / train_seconds)
+                           examples_per_sec=metrics.seen / train_seconds)
             if checkpoint is not None:
                 save_checkpoint(checkpoint, net=net, optimizer=opt, scheduler=sched, scaler=scaler,
                                 history=history, train_iter=train_iter, settings=settings)
