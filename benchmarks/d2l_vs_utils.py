@@ -1,19 +1,21 @@
 """The book's training loop against ours, on the same model, data, device and settings.
 
-    python -m benchmarks.d2l_vs_utils                    # both configurations, 3 alternating repeats
+    python -m benchmarks.d2l_vs_utils                    # both configurations, 5 repeats
     python -m benchmarks.d2l_vs_utils --quick            # small subsets: checks that it all works
     python -m benchmarks.d2l_vs_utils --config data-bound --repeats 5
     python -m benchmarks.d2l_vs_utils --overhead-only    # only where utils.train.fit's time goes
 
-For each configuration the same network is trained twice per repeat, in alternating order
-and each time in a fresh Python process:
+For each configuration the same network is trained three times per repeat, in an order
+that rotates from one repeat to the next, each time in a fresh Python process:
 
 - **d2l**: the book's code as printed, ``d2l.load_data_fashion_mnist`` (torchvision
   dataset, PIL transforms, a ``DataLoader`` with the book's 4 worker processes) and
   ``d2l.train_ch6`` (SGD, Xavier init, its animator and accumulators);
 - **utils**: ``utils.data.fashion_mnist`` (the data held as one tensor on the device) and
   ``utils.train.fit`` as the chapters call it (tqdm progress bar, metrics, a checkpoint
-  written after the epoch).
+  written after the epoch);
+- **bare**: the reference floor, the same tensors and layout as ``fit`` but nothing besides
+  forward, loss, backward, SGD step and the evaluation.
 
 The wall time is end to end: from just before the data are loaded to the end of the last
 evaluation (the model is built before the clock starts; the Python start-up and library
@@ -66,6 +68,9 @@ OUT = config.REPO_ROOT / "benchmarks" / "out"
 D2L_DATA = OUT / "data"              # d2l reads "../data" ...
 D2L_WORKDIR = OUT / "work"           # ... relative to this working directory
 RESULT_MARK = "BENCHMARK-RESULT "
+LOOPS = ("d2l", "utils", "bare")
+LABELS = {"d2l": "book (d2l.train_ch6)", "utils": "utils.train.fit",
+          "bare": "bare loop (reference floor)"}
 D2L_MISSING = """\
 The book's package d2l is not installed, so the book's loop cannot be timed.
 Install it without its (old, pinned) dependencies, plus what it imports:
@@ -252,6 +257,29 @@ def run_utils(chosen: Setting, seed: int = 0) -> dict:
             "train_only_examples_per_sec": last["examples_per_sec"]}
 
 
+def run_bare(chosen: Setting, seed: int = 0) -> dict:
+    """One end-to-end run of the bare reference loop: the same tensors from ``utils.data``,
+    the same initialisation and memory layout as ``fit``, then per epoch nothing but
+    forward, loss, backward, SGD step and an evaluation (no metrics, progress bar or
+    checkpoint). It is the floor that ``fit`` is measured against."""
+    torch.manual_seed(seed)
+    net = chosen.build()
+    start = time.perf_counter()
+    train_iter, test_iter = data.fashion_mnist(chosen.batch_size, resize=chosen.resize,
+                                               train_subset=chosen.train_subset,
+                                               test_subset=chosen.test_subset, device="cpu", seed=seed)
+    train.init_xavier(net)
+    channels_last = train.prefers_channels_last(net, torch.device("cpu"))
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    for _ in range(chosen.epochs):
+        bare_epoch(net, train_iter, chosen.lr, channels_last)
+        test_acc = train.evaluate_accuracy(net, test_iter, "cpu", channels_last=channels_last)
+    wall = time.perf_counter() - start
+    return {"loop": "bare", "wall": wall, "train_examples": train_iter.num_examples * chosen.epochs,
+            "test_acc": test_acc, "train_only_examples_per_sec": None}
+
+
 # ----------------------------------------------------------------------------- where fit's time goes
 
 def _timed(function):
@@ -275,16 +303,16 @@ def bare_epoch(net, train_iter, lr: float, channels_last: bool = False) -> None:
         optimizer.step()
 
 
-def overhead(chosen: Setting, repeats: int = 3, seed: int = 0, renders: int = 5) -> dict:
+def overhead(chosen: Setting, repeats: int = 3, seed: int = 0) -> dict:
     """Medians (seconds) of the parts of one epoch of ``fit`` and of a bare loop around it.
 
     - ``data``: iterating the training ``DeviceLoader`` alone (conversion, resize);
     - ``bare_train``: a bare training epoch over it; ``evaluate``: ``evaluate_accuracy``;
-    - ``fit_quiet``: ``fit`` without progress bar or checkpoint (adds the running metrics);
-    - ``fit_full``: ``fit`` as the chapters call it (tqdm bar and a checkpoint);
+    - ``fit_terminal``: ``fit`` as the chapters call it in a terminal (tqdm bar, checkpoint);
+    - ``fit_notebook``: the same with the live plot, Jupyter's PNG encoding emulated;
+      ``live_plot``: the time spent inside the live plot during that run;
     - ``bookkeeping``: what ``fit`` does per batch besides training, timed alone;
-    - ``checkpoint``: one ``save_checkpoint`` alone; ``live_plot``: rendering the two-panel
-      figure to PNG as often as Jupyter's live plot does per epoch (``updates_per_epoch`` + 1).
+    - ``checkpoint``: one ``save_checkpoint`` alone.
     """
     train_iter, test_iter = data.fashion_mnist(chosen.batch_size, resize=chosen.resize,
                                                train_subset=chosen.train_subset,
@@ -295,31 +323,66 @@ def overhead(chosen: Setting, repeats: int = 3, seed: int = 0, renders: int = 5)
     if channels_last:
         net.to(memory_format=torch.channels_last)
     checkpoint = OUT / "checkpoints" / f"overhead-{chosen.name}.pt"
-    parts: dict[str, list[float]] = {k: [] for k in ("data", "bare_train", "evaluate", "fit_quiet",
-                                                       "fit_full", "bookkeeping", "checkpoint", "live_plot")}
-    history = None
+    parts: dict[str, list[float]] = {k: [] for k in ("data", "bare_train", "evaluate", "fit_terminal",
+                                                       "fit_notebook", "live_plot", "bookkeeping",
+                                                       "checkpoint")}
+
+    def run_fit(progress):
+        checkpoint.unlink(missing_ok=True)
+        return train.fit(net, train_iter, test_iter, epochs=chosen.epochs, lr=chosen.lr, device="cpu",
+                         checkpoint=checkpoint, name="overhead", progress=progress)
+
     for _ in range(repeats):
         parts["data"].append(_timed(lambda: [None for _ in train_iter])[0])
         parts["bare_train"].append(_timed(lambda: bare_epoch(net, train_iter, chosen.lr, channels_last))[0])
         parts["evaluate"].append(_timed(lambda: train.evaluate_accuracy(
             net, test_iter, "cpu", channels_last=channels_last))[0])
-        parts["fit_quiet"].append(_timed(lambda: train.fit(
-            net, train_iter, test_iter, epochs=chosen.epochs, lr=chosen.lr, device="cpu",
-            progress=False))[0])
-        checkpoint.unlink(missing_ok=True)
-        seconds, history = _timed(lambda: train.fit(
-            net, train_iter, test_iter, epochs=chosen.epochs, lr=chosen.lr, device="cpu",
-            checkpoint=checkpoint, name="overhead"))
-        parts["fit_full"].append(seconds)
-        checkpoint.unlink(missing_ok=True)
+        seconds, history = _timed(lambda: run_fit("auto"))
+        parts["fit_terminal"].append(seconds)
+        with jupyter_rendering() as drawing:
+            parts["fit_notebook"].append(_timed(lambda: run_fit("notebook"))[0])
+        parts["live_plot"].append(sum(drawing))
         optimizer = torch.optim.SGD(net.parameters(), lr=chosen.lr)
         parts["checkpoint"].append(_timed(lambda: train.save_checkpoint(
             checkpoint, net=net, optimizer=optimizer, scheduler=None, scaler=None, history=history,
             train_iter=train_iter, settings={}))[0])
         checkpoint.unlink(missing_ok=True)
         parts["bookkeeping"].append(bookkeeping(net, train_iter))
-        parts["live_plot"].append(_timed(lambda: _render_live_plot(history, renders))[0])
     return {key: statistics.median(values) for key, values in parts.items()}
+
+
+@contextlib.contextmanager
+def jupyter_rendering():
+    """Outside Jupyter, make ``fit``'s live plot cost what it costs inside: every display
+    or update encodes the figure as a PNG (the inline backend's work). Yields the list of
+    seconds spent in each of the live plot's updates."""
+    import IPython.display
+
+    from utils.plot import LivePlot
+
+    class Handle:
+        def update(self, figure):
+            figure.savefig(io.BytesIO(), format="png")
+
+    def display(figure, display_id=False):
+        figure.savefig(io.BytesIO(), format="png")
+        return Handle()
+
+    spent, update = [], LivePlot.update
+
+    def timed_update(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return update(self, *args, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - start)
+
+    shown = IPython.display.display
+    IPython.display.display, LivePlot.update = display, timed_update
+    try:
+        yield spent
+    finally:
+        IPython.display.display, LivePlot.update = shown, update
 
 
 def bookkeeping(net, train_iter, stored: int = 8) -> float:
@@ -346,15 +409,6 @@ def bookkeeping(net, train_iter, stored: int = 8) -> float:
     return seconds
 
 
-def _render_live_plot(history, renders: int = 5) -> None:
-    """What ``fit``'s live plot costs in Jupyter per epoch: draw and encode the figure as PNG."""
-    from utils.plot import plot_history
-
-    figure = plot_history(history)
-    for _ in range(renders):
-        figure.savefig(io.BytesIO(), format="png")
-
-
 def overhead_report(chosen: Setting, parts: dict) -> list[str]:
     epoch = parts["bare_train"] + parts["evaluate"]
     terminal = parts["bookkeeping"] + parts["checkpoint"]
@@ -365,9 +419,10 @@ def overhead_report(chosen: Setting, parts: dict) -> list[str]:
         ("evaluation (evaluate_accuracy on the test set)", parts["evaluate"]),
         ("fit's per-batch bookkeeping, timed alone (running metrics, tqdm bar)", parts["bookkeeping"]),
         ("one save_checkpoint alone", parts["checkpoint"]),
-        ("live plot in Jupyter, per epoch (5 PNG renders, estimated)", parts["live_plot"]),
-        ("fit(progress=False), no checkpoint, whole epoch", parts["fit_quiet"]),
-        ("fit as the chapters call it (tqdm, checkpoint), whole epoch", parts["fit_full"]),
+        ("live plot in Jupyter (time inside it during a fit epoch, PNG encoding emulated)",
+         parts["live_plot"]),
+        ("fit in a terminal (tqdm, checkpoint), whole epoch", parts["fit_terminal"]),
+        ("fit in Jupyter (live plot, checkpoint), whole epoch", parts["fit_notebook"]),
     ]
     layout = ("channels-last" if train.prefers_channels_last(chosen.build(), torch.device("cpu"))
               else "default (NCHW)")
@@ -378,8 +433,9 @@ def overhead_report(chosen: Setting, parts: dict) -> list[str]:
     lines += ["", f"What fit adds to a bare epoch with evaluation ({epoch:.3f} s), timed directly: "
               f"{terminal:.3f} s = {terminal / epoch:.1%} in a terminal (bookkeeping and checkpoint), "
               f"{notebook:.3f} s = {notebook / epoch:.1%} in Jupyter (adding the live plot). "
-              f"Whole fit epochs took {parts['fit_full'] / epoch:.1%} of the bare epoch; on a shared "
-              "2-core machine that difference of two long timings is mostly noise."]
+              f"Whole fit epochs took {parts['fit_terminal'] / epoch:.1%} (terminal) and "
+              f"{parts['fit_notebook'] / epoch:.1%} (Jupyter) of the bare epoch; on a shared 2-core "
+              "machine such differences of two long timings are mostly noise."]
     return lines
 
 
@@ -390,7 +446,7 @@ def run_worker(loop: str, name: str, quick: bool) -> int:
     import torch._dynamo  # noqa: F401  (an import, not training: see the module's docstring)
 
     try:
-        result = run_d2l(chosen) if loop == "d2l" else run_utils(chosen)
+        result = {"d2l": run_d2l, "utils": run_utils, "bare": run_bare}[loop](chosen)
     except D2LMissing as exc:
         print(exc, file=sys.stderr)
         return 3
@@ -414,7 +470,7 @@ def run_once(loop: str, name: str, quick: bool) -> dict:
 def summarise(chosen: Setting, runs: list[dict], train_flops: int, peak: float) -> dict:
     """Medians per loop and the ratio of the wall times."""
     summary = {}
-    for loop in ("d2l", "utils"):
+    for loop in LOOPS:
         mine = [r for r in runs if r["loop"] == loop]
         if not mine:
             continue
@@ -428,8 +484,17 @@ def summarise(chosen: Setting, runs: list[dict], train_flops: int, peak: float) 
                          "train_only_examples_per_sec": statistics.median(
                              r["train_only_examples_per_sec"] or 0 for r in mine),
                          "gflops": gflops, "share_of_peak": gflops / peak}
-    if "d2l" in summary and "utils" in summary:
-        summary["speedup"] = summary["d2l"]["wall"] / summary["utils"]["wall"]
+    for loop in ("utils", "bare"):
+        if "d2l" in summary and loop in summary:
+            summary[loop]["speedup"] = summary["d2l"]["wall"] / summary[loop]["wall"]
+            # each repeat runs both loops back to back: their ratio is less exposed to slow drifts
+            pairs = [d["wall"] / u["wall"] for d, u in zip([r for r in runs if r["loop"] == "d2l"],
+                                                          [r for r in runs if r["loop"] == loop])]
+            summary[loop]["speedup_per_repeat"] = pairs
+    if "utils" in summary and "speedup" in summary["utils"]:
+        summary["speedup"] = summary["utils"]["speedup"]
+    if "utils" in summary and "bare" in summary:
+        summary["fit_over_bare"] = summary["utils"]["wall"] / summary["bare"]["wall"]
     return summary
 
 
@@ -446,35 +511,45 @@ def machine() -> str:
 
 def markdown(results: dict, overheads: dict, peak: float, args, started: str) -> str:
     command = "python -m benchmarks.d2l_vs_utils " + " ".join(args.argv)
-    lines = ["# Performance: the book's training loop vs utils.train.fit", "",
+    lines = ["# Performance: the book's training loop vs utils.train.fit (and a bare loop)", "",
              f"- machine: {machine()}, device cpu",
              f"- date: {started} (UTC); load average when written: "
              f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min; above 2 means "
              "other processes shared the 2 cores and the times are inflated)",
              f"- command: `{command.strip()}`",
              f"- measured float32 matrix-multiply rate: {peak:.1f} GFLOP/s (utils.profile.matmul_gflops, median)",
-             f"- medians of {args.repeats} alternating repeats, each run in a fresh process; wall time "
+             f"- medians of {args.repeats} repeats in rotating order, each run in a fresh process; wall time "
              "is end to end (data loading, training, evaluation)", ""]
     lines += ["| configuration | loop | wall s (median) | examples/s | test acc | training GFLOP/s "
               "| share of matmul rate | speed-up |", "|---|---|--:|--:|--:|--:|--:|--:|"]
     for name, (chosen, summary) in results.items():
-        for loop in ("d2l", "utils"):
+        for loop in LOOPS:
             if loop not in summary:
                 continue
             s = summary[loop]
-            speedup = f"{summary['speedup']:.2f}x" if loop == "utils" and "speedup" in summary else ""
-            label = "book (d2l.train_ch6)" if loop == "d2l" else "utils.train.fit"
+            speedup = f"{s['speedup']:.2f}x" if "speedup" in s else ""
+            speedup = f"**{speedup}**" if loop == "utils" and speedup else speedup
+            label = LABELS[loop]
             lines.append(f"| {name} | {label} | {s['wall']:.1f} | {s['examples_per_sec']:,.0f} | "
                          f"{s['test_acc']:.3f} | {s['gflops']:.1f} | {s['share_of_peak']:.1%} | {speedup} |")
     lines.append("")
     for name, (chosen, summary) in results.items():
         lines.append(f"- **{name}**: {chosen.what}.")
-        for loop in ("d2l", "utils"):
+        for loop in LOOPS:
             if loop in summary:
                 s = summary[loop]
-                lines.append(f"  {loop}: wall times {', '.join(f'{w:.1f}' for w in s['walls'])} s; "
-                             f"test acc {', '.join(f'{a:.3f}' for a in s['test_accs'])}; training-only "
-                             f"rate as the loop itself reports it {s['train_only_examples_per_sec']:,.0f} examples/s.")
+                line = (f"  {loop}: wall times {', '.join(f'{w:.1f}' for w in s['walls'])} s; "
+                        f"test acc {', '.join(f'{a:.3f}' for a in s['test_accs'])}")
+                if s["train_only_examples_per_sec"]:
+                    line += (f"; training-only rate as the loop itself reports it "
+                             f"{s['train_only_examples_per_sec']:,.0f} examples/s")
+                if "speedup_per_repeat" in s:
+                    line += (f"; speed-up over the book within each repeat "
+                             f"{', '.join(f'{x:.2f}' for x in s['speedup_per_repeat'])}x (median "
+                             f"{statistics.median(s['speedup_per_repeat']):.2f}x)")
+                lines.append(line + ".")
+        if "fit_over_bare" in summary:
+            lines.append(f"  fit took {summary['fit_over_bare']:.1%} of the bare loop's median wall time.")
     for chosen, parts in overheads.values():
         lines += [""] + overhead_report(chosen, parts)
     return "\n".join(lines) + "\n"
@@ -483,13 +558,13 @@ def markdown(results: dict, overheads: dict, peak: float, args, started: str) ->
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=[*SETTINGS, "all"], default="all")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small subsets (seconds): a check, not a measurement")
     parser.add_argument("--overhead-only", action="store_true", help="only measure where fit's time goes")
     parser.add_argument("--no-overhead", action="store_true", help="skip measuring fit's overhead")
     parser.add_argument("--output", type=Path, default=None,
                         help="markdown report (default results/performance.md; results/performance-quick.md with --quick)")
-    parser.add_argument("--worker", choices=["d2l", "utils"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=LOOPS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     if args.worker:
@@ -516,7 +591,7 @@ def main(argv=None) -> int:
                   "(forward + backward)", flush=True)
             runs = []
             for repeat in range(args.repeats):
-                order = ("d2l", "utils") if repeat % 2 == 0 else ("utils", "d2l")
+                order = LOOPS[repeat % 3:] + LOOPS[:repeat % 3]  # each loop first, second and last
                 for loop in order:
                     result = run_once(loop, name, args.quick)
                     runs.append(result)
@@ -526,8 +601,9 @@ def main(argv=None) -> int:
             summary = summarise(chosen, runs, train_flops, statistics.median(peaks))
             results[name] = (chosen, summary)
             if "speedup" in summary:
-                print(f"  medians: d2l {summary['d2l']['wall']:.1f} s, utils {summary['utils']['wall']:.1f} s"
-                      f" -> utils is {summary['speedup']:.2f}x faster end to end", flush=True)
+                print(f"  medians: d2l {summary['d2l']['wall']:.1f} s, utils {summary['utils']['wall']:.1f} s, "
+                      f"bare {summary['bare']['wall']:.1f} s -> utils is {summary['speedup']:.2f}x faster "
+                      f"end to end (the bare loop {summary['bare']['speedup']:.2f}x)", flush=True)
             write(output, markdown(results, {}, statistics.median(peaks), args, started))
     overheads = {}
     for name in [] if args.no_overhead else names:

@@ -89,6 +89,22 @@ def test_quick_settings_are_small_and_keep_five_batches():
         assert quick.train_subset // quick.batch_size >= 5  # train_ch6 divides by num_batches // 5
 
 
+def test_bare_side_runs_in_fits_layout(tiny_data):
+    result = bench.run_bare(tiny("compute-bound", side=32))
+    assert result["loop"] == "bare" and result["train_examples"] == 64 and 0 <= result["test_acc"] <= 1
+
+
+def test_jupyter_rendering_times_the_live_plot_inside_fit(tiny_data):
+    train_iter, test_iter = data.fashion_mnist(8, train_subset=64, test_subset=32, device="cpu")
+    with bench.jupyter_rendering() as drawing:
+        bench.train.fit(bench.bn_lenet(), train_iter, test_iter, epochs=1, lr=0.1, progress="notebook")
+    assert len(drawing) >= 1 and all(seconds >= 0 for seconds in drawing)  # at least the final draw
+    import IPython.display
+    from utils.plot import LivePlot
+    assert IPython.display.display.__module__ != bench.__name__  # restored afterwards
+    assert LivePlot.update.__module__ == "utils.plot"
+
+
 def test_utils_side_runs(tiny_data):
     result = bench.run_utils(tiny())
     assert result["loop"] == "utils" and result["train_examples"] == 64
@@ -104,27 +120,31 @@ def test_d2l_side_runs_on_the_same_examples(tiny_data):
 
 
 def test_overhead_parts_and_report(tiny_data):
-    parts = bench.overhead(tiny(), repeats=1, renders=1)
-    assert set(parts) == {"data", "bare_train", "evaluate", "fit_quiet", "fit_full", "bookkeeping",
-                          "checkpoint", "live_plot"}
+    parts = bench.overhead(tiny(), repeats=1)
+    assert set(parts) == {"data", "bare_train", "evaluate", "fit_terminal", "fit_notebook", "live_plot",
+                          "bookkeeping", "checkpoint"}
     assert all(seconds > 0 for seconds in parts.values())
     report = "\n".join(bench.overhead_report(tiny(), parts))
     assert "What fit adds" in report and "save_checkpoint" in report
 
 
 def test_summary_medians_and_speedup():
+    walls = {"d2l": (10, 12, 11), "utils": (4, 5, 6), "bare": (4, 4, 5)}
     runs = [{"loop": loop, "wall": wall, "train_examples": 100, "test_acc": 0.8,
-             "train_only_examples_per_sec": 50.0}
-            for loop, wall in (("d2l", 10), ("utils", 4), ("d2l", 12), ("utils", 5), ("d2l", 11), ("utils", 6))]
+             "train_only_examples_per_sec": 50.0 if loop != "bare" else None}
+            for repeat in range(3) for loop, wall in ((loop, walls[loop][repeat]) for loop in bench.LOOPS)]
     summary = bench.summarise(tiny(), runs, train_flops=10**9, peak=100.0)
-    assert summary["d2l"]["wall"] == 11 and summary["utils"]["wall"] == 5
-    assert summary["speedup"] == pytest.approx(2.2)
+    assert summary["d2l"]["wall"] == 11 and summary["utils"]["wall"] == 5 and summary["bare"]["wall"] == 4
+    assert summary["speedup"] == summary["utils"]["speedup"] == pytest.approx(2.2)
+    assert summary["bare"]["speedup"] == pytest.approx(11 / 4)
+    assert summary["utils"]["speedup_per_repeat"] == pytest.approx([10 / 4, 12 / 5, 11 / 6])
+    assert summary["fit_over_bare"] == pytest.approx(5 / 4)
     assert summary["utils"]["gflops"] == pytest.approx(100 * 1.0 / 5)
     assert summary["utils"]["share_of_peak"] == pytest.approx(0.2)
 
 
-PARTS = dict.fromkeys(("data", "bare_train", "evaluate", "fit_quiet", "fit_full", "bookkeeping", "checkpoint",
-                       "live_plot"), 1.0)
+PARTS = dict.fromkeys(("data", "bare_train", "evaluate", "fit_terminal", "fit_notebook", "live_plot",
+                       "bookkeeping", "checkpoint"), 1.0)
 
 
 def test_overhead_report_names_the_layout_fit_chooses():

@@ -1,3 +1,5 @@
+import pytest
+
 from utils import plot, train
 
 
@@ -21,20 +23,49 @@ def test_history_and_chart_figures(tmp_path, monkeypatch):
     assert path == tmp_path / "figures" / "bars.png" and path.stat().st_size > 1000
 
 
-def test_live_plot_redraws_at_most_every_interval(monkeypatch):
+def _fake_jupyter(monkeypatch, draw_seconds=0.2):
+    """A fake clock, and a display whose every draw takes ``draw_seconds`` of it."""
     import IPython.display
+
+    clock, shown = [0.0], []
 
     class Handle:  # what Jupyter's display(..., display_id=True) returns
         def update(self, figure):
-            pass
+            shown.append(clock[0])
 
-    monkeypatch.setattr(IPython.display, "display", lambda figure, display_id: Handle())
-    draws = []
-    monkeypatch.setattr(plot, "_draw_history", lambda axes, history, points=(): draws.append(1))
-    live = plot.LivePlot(_history(), min_interval=3600)
-    draws.clear()
-    for _ in range(50):
+    def display(figure, display_id):
+        shown.append(clock[0])
+        return Handle()
+
+    def draw(axes, history, points=()):
+        clock[0] += draw_seconds
+
+    monkeypatch.setattr(plot.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(IPython.display, "display", display)
+    monkeypatch.setattr(plot, "_draw_history", draw)
+    return clock, shown
+
+
+@pytest.mark.parametrize("seconds", [2.0, 5.0, 30.0, 600.0])
+def test_live_plot_keeps_to_its_budget_including_the_final_draw(monkeypatch, seconds):
+    clock, shown = _fake_jupyter(monkeypatch)
+    live = plot.LivePlot(_history(), budget=0.04)
+    while clock[0] < seconds:  # training: an update asked for every 0.1 s
+        clock[0] += 0.1
         live.update([(0.5, 1.0, 0.5)])
-    assert draws == []  # all within the interval: skipped
-    live.update([(1.0, 0.9, 0.6)], force=True)  # the end of an epoch is always drawn
-    assert draws == [1]
+    assert live.update([(1.0, 0.9, 0.6)], force=True)  # the end is always drawn
+    assert live.spent == pytest.approx(0.2 * len(shown))
+    if seconds >= 0.2 / 0.04:  # long enough for one draw to fit the budget
+        assert live.spent / clock[0] <= 0.04 + 1e-9
+    if seconds >= 30:
+        assert len(shown) >= seconds * 0.04 / 0.2 / 2  # and still redrawn regularly
+
+
+def test_live_plot_draws_nothing_until_asked_and_displays_once(monkeypatch):
+    clock, shown = _fake_jupyter(monkeypatch)
+    live = plot.LivePlot(_history())
+    assert live.handle is None and shown == []  # no figure before the first draw
+    clock[0] += 1.0
+    assert not live.update([(0.1, 1.0, 0.5)])  # 1 s in: a draw would exceed 4%
+    assert live.update([(0.2, 1.0, 0.5)], force=True) and live.update([(0.3, 1.0, 0.5)], force=True)
+    assert len(shown) == 2 and live.cost == pytest.approx(0.2)

@@ -528,7 +528,7 @@ class _ProgressView:
         if not self.enabled:
             return
         if self.live is not None:
-            self.live.update(self.points, force=True)
+            self.live.update(self.points)  # within its time budget; the last epoch is forced
         if self.bar is not None:
             self.bar.write(self.history.summary())
             self.bar.reset()
