@@ -484,6 +484,7 @@ def summarise(chosen: Setting, runs: list[dict], train_flops: int, peak: float) 
                          "train_only_examples_per_sec": statistics.median(
                              r["train_only_examples_per_sec"] or 0 for r in mine),
                          "gflops": gflops, "share_of_peak": gflops / peak}
+    summary["peak"] = peak
     for loop in ("utils", "bare"):
         if "d2l" in summary and loop in summary:
             summary[loop]["speedup"] = summary["d2l"]["wall"] / summary[loop]["wall"]
@@ -509,7 +510,7 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
-def markdown(results: dict, overheads: dict, peak: float, args, started: str) -> str:
+def markdown(results: dict, overheads: dict, args, started: str) -> str:
     command = "python -m benchmarks.d2l_vs_utils " + " ".join(args.argv)
     lines = ["# Performance: the book's training loop vs utils.train.fit (and a bare loop)", "",
              f"- machine: {machine()}, device cpu",
@@ -517,7 +518,10 @@ def markdown(results: dict, overheads: dict, peak: float, args, started: str) ->
              f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min; above 2 means "
              "other processes shared the 2 cores and the times are inflated)",
              f"- command: `{command.strip()}`",
-             f"- measured float32 matrix-multiply rate: {peak:.1f} GFLOP/s (utils.profile.matmul_gflops, median)",
+             "- float32 matrix-multiply rate (utils.profile.matmul_gflops, mean of one measurement before "
+             "and one after each configuration's runs; the share column divides by it): "
+             + (", ".join(f"{name} {summary['peak']:.1f} GFLOP/s" for name, (_, summary) in results.items())
+                or "not measured"),
              f"- medians of {args.repeats} repeats in rotating order, each run in a fresh process; wall time "
              "is end to end (data loading, training, evaluation)", ""]
     lines += ["| configuration | loop | wall s (median) | examples/s | test acc | training GFLOP/s "
@@ -574,8 +578,7 @@ def main(argv=None) -> int:
     # written after each configuration, so an interrupted run still leaves its medians
     output = args.output or config.results_dir() / ("performance-quick.md" if args.quick else "performance.md")
     names = list(SETTINGS) if args.config == "all" else [args.config]
-    peaks = [profile.matmul_gflops()]
-    print(f"machine: {machine()}; matrix-multiply rate {peaks[0]:.1f} GFLOP/s", flush=True)
+    print(f"machine: {machine()}", flush=True)
     results = {}
     if not args.overhead_only:
         try:
@@ -589,6 +592,7 @@ def main(argv=None) -> int:
             train_flops = profile.count_train_flops(chosen.build(), (2, 1, chosen.side, chosen.side)) // 2
             print(f"\n{name}: {chosen.what}\n  {train_flops / 1e6:.2f} MFLOPs per training example "
                   "(forward + backward)", flush=True)
+            peak_before = profile.matmul_gflops()
             runs = []
             for repeat in range(args.repeats):
                 order = LOOPS[repeat % 3:] + LOOPS[:repeat % 3]  # each loop first, second and last
@@ -597,22 +601,22 @@ def main(argv=None) -> int:
                     runs.append(result)
                     print(f"  repeat {repeat + 1} {loop:5s}: {result['wall']:6.1f} s, test acc "
                           f"{result['test_acc']:.3f}", flush=True)
-            peaks.append(profile.matmul_gflops())
-            summary = summarise(chosen, runs, train_flops, statistics.median(peaks))
+            peak = statistics.mean((peak_before, profile.matmul_gflops()))
+            summary = summarise(chosen, runs, train_flops, peak)
             results[name] = (chosen, summary)
             if "speedup" in summary:
                 print(f"  medians: d2l {summary['d2l']['wall']:.1f} s, utils {summary['utils']['wall']:.1f} s, "
                       f"bare {summary['bare']['wall']:.1f} s -> utils is {summary['speedup']:.2f}x faster "
                       f"end to end (the bare loop {summary['bare']['speedup']:.2f}x)", flush=True)
-            write(output, markdown(results, {}, statistics.median(peaks), args, started))
+            write(output, markdown(results, {}, args, started))
     overheads = {}
     for name in [] if args.no_overhead else names:
         chosen = setting(name, args.quick)
         print(f"\nmeasuring fit's overhead on {chosen.name} ({args.repeats} repeats) ...", flush=True)
         overheads[name] = (chosen, overhead(chosen, repeats=args.repeats))
         print("\n".join(overhead_report(*overheads[name])), flush=True)
-        write(output, markdown(results, overheads, statistics.median(peaks), args, started))
-    text = markdown(results, overheads, statistics.median(peaks), args, started)
+        write(output, markdown(results, overheads, args, started))
+    text = markdown(results, overheads, args, started)
     write(output, text)
     print(f"\n{text}\nwrote {output}")
     return 0

@@ -140,7 +140,7 @@ def test_summary_medians_and_speedup():
     assert summary["utils"]["speedup_per_repeat"] == pytest.approx([10 / 4, 12 / 5, 11 / 6])
     assert summary["fit_over_bare"] == pytest.approx(5 / 4)
     assert summary["utils"]["gflops"] == pytest.approx(100 * 1.0 / 5)
-    assert summary["utils"]["share_of_peak"] == pytest.approx(0.2)
+    assert summary["utils"]["share_of_peak"] == pytest.approx(0.2) and summary["peak"] == 100.0
 
 
 PARTS = dict.fromkeys(("data", "bare_train", "evaluate", "fit_terminal", "fit_notebook", "live_plot",
@@ -156,7 +156,7 @@ def test_overhead_report_names_the_layout_fit_chooses():
 def test_markdown_reports_the_overhead_of_every_configuration():
     args = bench.argparse.Namespace(argv=["--quick"], repeats=1, quick=True)
     overheads = {name: (tiny(name), PARTS) for name in bench.SETTINGS}
-    text = bench.markdown({}, overheads, 100.0, args, "2026-01-01 00:00")
+    text = bench.markdown({}, overheads, args, "2026-01-01 00:00")
     assert all(f"Where fit's time goes ({name}" in text for name in bench.SETTINGS)
 
 
