@@ -17,6 +17,10 @@ that rotates from one repeat to the next, each time in a fresh Python process:
 - **bare**: the reference floor, the same tensors and layout as ``fit`` but nothing besides
   forward, loss, backward, SGD step and the evaluation.
 
+Repeat ``k`` uses seed ``k`` for every loop (initial weights and shuffling; the subsets
+stay the same), so the spread of the test accuracies over the repeats shows the noise that
+"the same accuracy" is judged against.
+
 The wall time is end to end: from just before the data are loaded to the end of the last
 evaluation (the model is built before the clock starts; the Python start-up and library
 imports are not timed, for either loop: ``torch.optim`` imports ``torch._dynamo``, 1.5 s
@@ -69,6 +73,7 @@ D2L_DATA = OUT / "data"              # d2l reads "../data" ...
 D2L_WORKDIR = OUT / "work"           # ... relative to this working directory
 RESULT_MARK = "BENCHMARK-RESULT "
 LOOPS = ("d2l", "utils", "bare")
+SUBSET_SEED = 0  # the training/test subsets (compute-bound, --quick) are the same in every run
 LABELS = {"d2l": "book (d2l.train_ch6)", "utils": "utils.train.fit",
           "bare": "bare loop (reference floor)"}
 D2L_MISSING = """\
@@ -209,7 +214,9 @@ def prepare_d2l_data() -> Path:
 
 
 def run_d2l(chosen: Setting, seed: int = 0) -> dict:
-    """One end-to-end run of the book's loop; returns the measurements."""
+    """One end-to-end run of the book's loop; returns the measurements. ``seed`` sets the
+    initial weights and the shuffling (through torch's global generator, as the book's
+    ``DataLoader`` uses it); the subsets are the same for every seed."""
     d2l = import_d2l()
     prepare_d2l_data()
     os.chdir(D2L_WORKDIR)
@@ -219,9 +226,9 @@ def run_d2l(chosen: Setting, seed: int = 0) -> dict:
     start = time.perf_counter()
     train_iter, test_iter = d2l.load_data_fashion_mnist(chosen.batch_size, resize=chosen.resize)
     train_iter = restrict_loader(
-        train_iter, subset_indices(len(train_iter.dataset), chosen.train_subset, seed), shuffle=True)
+        train_iter, subset_indices(len(train_iter.dataset), chosen.train_subset, SUBSET_SEED), shuffle=True)
     test_iter = restrict_loader(
-        test_iter, subset_indices(len(test_iter.dataset), chosen.test_subset, seed + 1), shuffle=False)
+        test_iter, subset_indices(len(test_iter.dataset), chosen.test_subset, SUBSET_SEED + 1), shuffle=False)
     with contextlib.redirect_stdout(printed):  # the animator prints a figure's repr per update
         d2l.train_ch6(net, train_iter, test_iter, chosen.epochs, chosen.lr, torch.device("cpu"))
     wall = time.perf_counter() - start
@@ -237,6 +244,16 @@ def run_d2l(chosen: Setting, seed: int = 0) -> dict:
 
 # ----------------------------------------------------------------------------- utils side
 
+def our_data(chosen: Setting, seed: int):
+    """``utils.data``'s loaders over the same subsets as the book's, shuffled by ``seed``."""
+    train_iter, test_iter = data.fashion_mnist(chosen.batch_size, resize=chosen.resize,
+                                               train_subset=chosen.train_subset,
+                                               test_subset=chosen.test_subset, device="cpu",
+                                               seed=SUBSET_SEED)
+    train_iter.generator.manual_seed(seed)
+    return train_iter, test_iter
+
+
 def run_utils(chosen: Setting, seed: int = 0) -> dict:
     """One end-to-end run of ``utils.data`` + ``utils.train.fit`` as the chapters use them."""
     checkpoint = OUT / "checkpoints" / f"{chosen.name}.pt"
@@ -244,9 +261,7 @@ def run_utils(chosen: Setting, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     net = chosen.build()
     start = time.perf_counter()
-    train_iter, test_iter = data.fashion_mnist(chosen.batch_size, resize=chosen.resize,
-                                               train_subset=chosen.train_subset,
-                                               test_subset=chosen.test_subset, device="cpu", seed=seed)
+    train_iter, test_iter = our_data(chosen, seed)
     history = train.fit(net, train_iter, test_iter, epochs=chosen.epochs, lr=chosen.lr, device="cpu",
                         checkpoint=checkpoint, name=f"benchmark-{chosen.name}")
     wall = time.perf_counter() - start
@@ -265,9 +280,7 @@ def run_bare(chosen: Setting, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     net = chosen.build()
     start = time.perf_counter()
-    train_iter, test_iter = data.fashion_mnist(chosen.batch_size, resize=chosen.resize,
-                                               train_subset=chosen.train_subset,
-                                               test_subset=chosen.test_subset, device="cpu", seed=seed)
+    train_iter, test_iter = our_data(chosen, seed)
     train.init_xavier(net)
     channels_last = train.prefers_channels_last(net, torch.device("cpu"))
     if channels_last:
@@ -441,12 +454,12 @@ def overhead_report(chosen: Setting, parts: dict) -> list[str]:
 
 # ----------------------------------------------------------------------------- the comparison
 
-def run_worker(loop: str, name: str, quick: bool) -> int:
+def run_worker(loop: str, name: str, quick: bool, seed: int = 0) -> int:
     chosen = setting(name, quick)
     import torch._dynamo  # noqa: F401  (an import, not training: see the module's docstring)
 
     try:
-        result = {"d2l": run_d2l, "utils": run_utils, "bare": run_bare}[loop](chosen)
+        result = {"d2l": run_d2l, "utils": run_utils, "bare": run_bare}[loop](chosen, seed)
     except D2LMissing as exc:
         print(exc, file=sys.stderr)
         return 3
@@ -454,9 +467,10 @@ def run_worker(loop: str, name: str, quick: bool) -> int:
     return 0
 
 
-def run_once(loop: str, name: str, quick: bool) -> dict:
+def run_once(loop: str, name: str, quick: bool, seed: int = 0) -> dict:
     """One run in a fresh process (so neither loop inherits caches or threads of the other)."""
-    command = [sys.executable, "-m", "benchmarks.d2l_vs_utils", "--worker", loop, "--config", name]
+    command = [sys.executable, "-m", "benchmarks.d2l_vs_utils", "--worker", loop, "--config", name,
+               "--seed", str(seed)]
     command += ["--quick"] if quick else []
     done = subprocess.run(command, cwd=config.REPO_ROOT, capture_output=True, text=True)
     if done.returncode == 3:
@@ -569,10 +583,11 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=None,
                         help="markdown report (default results/performance.md; results/performance-quick.md with --quick)")
     parser.add_argument("--worker", choices=LOOPS, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     if args.worker:
-        return run_worker(args.worker, args.config, args.quick)
+        return run_worker(args.worker, args.config, args.quick, args.seed)
 
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     # written after each configuration, so an interrupted run still leaves its medians
@@ -597,7 +612,9 @@ def main(argv=None) -> int:
             for repeat in range(args.repeats):
                 order = LOOPS[repeat % 3:] + LOOPS[:repeat % 3]  # each loop first, second and last
                 for loop in order:
-                    result = run_once(loop, name, args.quick)
+                    # one seed per repeat (weights, shuffling) for every loop: the spread of
+                    # the accuracies over the repeats shows what "within noise" means
+                    result = run_once(loop, name, args.quick, seed=repeat)
                     runs.append(result)
                     print(f"  repeat {repeat + 1} {loop:5s}: {result['wall']:6.1f} s, test acc "
                           f"{result['test_acc']:.3f}", flush=True)

@@ -54,6 +54,13 @@ def test_subset_indices_match_utils_data(tiny_data):
     assert bench.subset_indices(80, None, 0) is None and bench.subset_indices(80, 80, 0) is None
 
 
+def test_seeds_change_the_shuffling_but_not_the_subsets(tiny_data):
+    chosen = tiny("compute-bound", side=32, train_subset=40)
+    (a, test_a), (b, test_b) = bench.our_data(chosen, 0), bench.our_data(chosen, 1)
+    assert torch.equal(a.labels, b.labels) and torch.equal(test_a.labels, test_b.labels)
+    assert not torch.equal(next(iter(a))[1], next(iter(b))[1])
+
+
 def test_restrict_loader_keeps_the_books_settings():
     dataset = torch.utils.data.TensorDataset(torch.arange(20))
     loader = torch.utils.data.DataLoader(dataset, 4, shuffle=True, num_workers=0)
