@@ -134,6 +134,8 @@ def _read_decoded_cache(path: Path) -> dict[str, np.ndarray] | None:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
     ok = all(a.dtype == np.uint8 and a.shape[1:] == SHAPES[role] for role, a in arrays.items())
+    ok = ok and all(len(arrays[f"{split}_images"]) == len(arrays[f"{split}_labels"])
+                    for split in ("train", "test"))
     return arrays if ok else None
 
 
