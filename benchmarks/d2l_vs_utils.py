@@ -31,7 +31,8 @@ examples / wall time), test accuracy, and the achieved training rate in GFLOP/s
 (``utils.profile.count_train_flops`` per example x examples / wall time) with its share of
 this machine's measured matrix-multiply rate (``utils.profile.matmul_gflops``).
 
-d2l is optional: ``pip install --no-deps d2l==1.0.3`` plus ``pandas`` (d2l 1.0.3 pins old
+d2l is optional: ``pip install --no-deps d2l==1.0.3`` plus what it imports (``pandas
+requests scipy matplotlib-inline``; d2l 1.0.3 pins old
 releases of numpy, torch and matplotlib, hence ``--no-deps``). Without it the benchmark says
 so and can still measure the helpers' own overhead (``--overhead-only``).
 
@@ -80,7 +81,7 @@ D2L_MISSING = """\
 The book's package d2l is not installed, so the book's loop cannot be timed.
 Install it without its (old, pinned) dependencies, plus what it imports:
     pip install --no-deps d2l==1.0.3
-    pip install pandas requests scipy
+    pip install pandas requests scipy matplotlib-inline
 or measure only the helpers' overhead: python -m benchmarks.d2l_vs_utils --overhead-only"""
 
 
