@@ -121,9 +121,15 @@ def decoded_cache_path(folder: Path) -> Path:
     """Where the decoded arrays of the files in ``folder`` are kept: ``.cache/`` in the data
     folder, named after the files' paths, sizes and modification times, so that a changed
     file is decoded again."""
-    stamp = ";".join(f"{(folder / name).resolve()}:{(folder / name).stat().st_size}:"
-                     f"{(folder / name).stat().st_mtime_ns}" for name in FILES.values())
+    stats = {folder / name: (folder / name).stat() for name in FILES.values()}
+    stamp = ";".join(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}" for path, stat in stats.items())
     return config.data_dir() / ".cache" / f"fashion-mnist-{hashlib.sha1(stamp.encode()).hexdigest()[:16]}.npz"
+
+
+def _mismatched_split(arrays: dict[str, np.ndarray]) -> str | None:
+    """The first split ('train' or 'test') whose numbers of images and labels differ, if any."""
+    return next((split for split in ("train", "test")
+                 if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"])), None)
 
 
 def _read_decoded_cache(path: Path) -> dict[str, np.ndarray] | None:
@@ -134,9 +140,7 @@ def _read_decoded_cache(path: Path) -> dict[str, np.ndarray] | None:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
     ok = all(a.dtype == np.uint8 and a.shape[1:] == SHAPES[role] for role, a in arrays.items())
-    ok = ok and all(len(arrays[f"{split}_images"]) == len(arrays[f"{split}_labels"])
-                    for split in ("train", "test"))
-    return arrays if ok else None
+    return arrays if ok and _mismatched_split(arrays) is None else None
 
 
 def _write_decoded_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -166,9 +170,9 @@ def load_arrays(download: bool = True) -> dict[str, torch.Tensor]:
         decoded = _read_decoded_cache(cache)
         if decoded is None:
             decoded = {role: read_idx(folder / name) for role, name in FILES.items()}
-            for split in ("train", "test"):
-                if len(decoded[f"{split}_images"]) != len(decoded[f"{split}_labels"]):
-                    raise DataFileError(f"{folder}: the {split} images and labels differ in number")
+            split = _mismatched_split(decoded)
+            if split is not None:
+                raise DataFileError(f"{folder}: the {split} images and labels differ in number")
             _write_decoded_cache(cache, decoded)
         arrays = {}
         for role, array in decoded.items():
