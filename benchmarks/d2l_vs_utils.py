@@ -255,6 +255,15 @@ def our_data(chosen: Setting, seed: int):
     return train_iter, test_iter
 
 
+def in_fits_layout(net: nn.Module) -> bool:
+    """Put ``net`` in the memory layout ``fit`` chooses on the CPU; returns whether that is
+    channels-last (the inputs must then be converted too)."""
+    channels_last = train.prefers_channels_last(net, torch.device("cpu"))
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    return channels_last
+
+
 def run_utils(chosen: Setting, seed: int = 0) -> dict:
     """One end-to-end run of ``utils.data`` + ``utils.train.fit`` as the chapters use them."""
     checkpoint = OUT / "checkpoints" / f"{chosen.name}.pt"
@@ -283,9 +292,7 @@ def run_bare(chosen: Setting, seed: int = 0) -> dict:
     start = time.perf_counter()
     train_iter, test_iter = our_data(chosen, seed)
     train.init_xavier(net)
-    channels_last = train.prefers_channels_last(net, torch.device("cpu"))
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
+    channels_last = in_fits_layout(net)
     for _ in range(chosen.epochs):
         bare_epoch(net, train_iter, chosen.lr, channels_last)
         test_acc = train.evaluate_accuracy(net, test_iter, "cpu", channels_last=channels_last)
@@ -328,14 +335,10 @@ def overhead(chosen: Setting, repeats: int = 3, seed: int = 0) -> dict:
     - ``bookkeeping``: what ``fit`` does per batch besides training, timed alone;
     - ``checkpoint``: one ``save_checkpoint`` alone.
     """
-    train_iter, test_iter = data.fashion_mnist(chosen.batch_size, resize=chosen.resize,
-                                               train_subset=chosen.train_subset,
-                                               test_subset=chosen.test_subset, device="cpu", seed=seed)
+    train_iter, test_iter = our_data(chosen, seed)
     torch.manual_seed(seed)
     net = chosen.build()
-    channels_last = train.prefers_channels_last(net, torch.device("cpu"))
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
+    channels_last = in_fits_layout(net)
     checkpoint = OUT / "checkpoints" / f"overhead-{chosen.name}.pt"
     parts: dict[str, list[float]] = {k: [] for k in ("data", "bare_train", "evaluate", "fit_terminal",
                                                        "fit_notebook", "live_plot", "bookkeeping",
@@ -485,8 +488,8 @@ def run_once(loop: str, name: str, quick: bool, seed: int = 0) -> dict:
 def summarise(chosen: Setting, runs: list[dict], train_flops: int, peak: float) -> dict:
     """Medians per loop and the ratio of the wall times."""
     summary = {}
-    for loop in LOOPS:
-        mine = [r for r in runs if r["loop"] == loop]
+    by_loop = {loop: [r for r in runs if r["loop"] == loop] for loop in LOOPS}
+    for loop, mine in by_loop.items():
         if not mine:
             continue
         wall = statistics.median(r["wall"] for r in mine)
@@ -504,9 +507,8 @@ def summarise(chosen: Setting, runs: list[dict], train_flops: int, peak: float) 
         if "d2l" in summary and loop in summary:
             summary[loop]["speedup"] = summary["d2l"]["wall"] / summary[loop]["wall"]
             # each repeat runs both loops back to back: their ratio is less exposed to slow drifts
-            pairs = [d["wall"] / u["wall"] for d, u in zip([r for r in runs if r["loop"] == "d2l"],
-                                                          [r for r in runs if r["loop"] == loop])]
-            summary[loop]["speedup_per_repeat"] = pairs
+            summary[loop]["speedup_per_repeat"] = [
+                book["wall"] / ours["wall"] for book, ours in zip(by_loop["d2l"], by_loop[loop])]
     if "utils" in summary and "speedup" in summary["utils"]:
         summary["speedup"] = summary["utils"]["speedup"]
     if "utils" in summary and "bare" in summary:

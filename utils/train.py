@@ -346,7 +346,7 @@ def fit(net: nn.Module, train_iter, test_iter, *, epochs: int, lr: float, device
       it aside to ``*.bak`` and starts over).
     - On a GPU: mixed precision (``amp``), channels-last memory and cuDNN autotuning are
       on by default; ``compile=True`` adds ``torch.compile``. On a CPU, channels-last is
-      on for networks whose convolutions are all at least 16 channels wide (see
+      on for networks whose first convolution is at least 16 channels wide (see
       ``prefers_channels_last``); ``channels_last=True/False`` overrides the choice.
     - ``net.train()`` is called at the start of every epoch; a frozen part that must stay
       in eval mode (e.g. a backbone's batch norm) has to override ``train()``.
