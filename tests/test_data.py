@@ -107,7 +107,7 @@ def test_unwritable_cache_folder_still_loads(fake_data, monkeypatch):
     def refuse(path, write):
         raise PermissionError(f"read-only: {path}")
 
-    monkeypatch.setattr("utils.train.atomic_write", refuse)
+    monkeypatch.setattr("utils.data.atomic_write", refuse)
     assert _reload()["train_labels"].shape == (64,)
     assert not data.decoded_cache_path(fake_data).exists()
 
@@ -159,11 +159,13 @@ def test_shuffling_is_reproducible_and_resumable(fake_data):
 
 def test_augment_applies_to_training_batches_only(fake_data):
     flip = lambda x: x.flip(-1)  # noqa: E731
-    train_iter, test_iter = data.fashion_mnist(8, augment=flip)
-    X, _ = next(iter(train_iter))
-    assert X.shape == (8, 1, 28, 28)
-    plain_iter, _ = data.fashion_mnist(8)
-    assert test_iter.augment is None
+    train_iter, test_iter = data.fashion_mnist(8, augment=flip, device="cpu")
+    plain_train, plain_test = data.fashion_mnist(8, device="cpu")  # same seed: same batches
+    for (X, y), (P, q) in zip(train_iter, plain_train):
+        assert torch.equal(y, q) and torch.equal(X, P.flip(-1))
+    assert not torch.equal(next(iter(train_iter))[0], next(iter(plain_train))[0])
+    for (X, _), (P, _) in zip(test_iter, plain_test):
+        assert torch.equal(X, P)  # evaluation sees the images as they are
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, None])
@@ -173,9 +175,43 @@ def test_bad_batch_size_is_explained(fake_data, bad):
 
 
 def test_normalize(fake_data):
-    train_iter, _ = data.fashion_mnist(64, normalize=(0.5, 0.25))
-    X, _ = next(iter(train_iter))
-    assert X.min() >= -2.0 - 1e-6 and X.max() <= 2.0 + 1e-6
+    train_iter, test_iter = data.fashion_mnist(64, normalize=(0.5, 0.25), device="cpu")
+    plain_train, plain_test = data.fashion_mnist(64, device="cpu")
+    for normalized, plain in ((train_iter, plain_train), (test_iter, plain_test)):
+        X, _ = next(iter(normalized))
+        P, _ = next(iter(plain))
+        torch.testing.assert_close(X, (P - 0.5) / 0.25)
+    assert X.mean() < P.mean()  # the fake images are mostly dark: shifted down by the mean
+
+
+class GeneratorAugment:
+    """An augmentation drawing from its own generator, as chapter 09's RandomCropFlip does."""
+
+    def __init__(self, seed=0):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x):
+        return x + torch.rand(x.shape, generator=self.generator)
+
+
+def test_loader_state_includes_the_augmentations_random_state(fake_data):
+    train_iter, _ = data.fashion_mnist(16, augment=GeneratorAugment(), device="cpu")
+    list(train_iter)  # one epoch: both generators have moved on
+    state = train_iter.state_dict()
+    second = [X for X, _ in train_iter]
+    fresh, _ = data.fashion_mnist(16, augment=GeneratorAugment(), device="cpu")
+    fresh.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(second, [X for X, _ in fresh]))
+    unrestored, _ = data.fashion_mnist(16, augment=GeneratorAugment(), device="cpu")
+    unrestored.load_state_dict({"generator": state["generator"]})  # shuffling only
+    assert not all(torch.equal(a, b) for a, b in zip(second, [X for X, _ in unrestored]))
+
+
+def test_max_batch_caps_the_batch_size(fake_data, monkeypatch, capsys):
+    monkeypatch.setenv("CNN_MAX_BATCH", "8")
+    train_iter, _ = data.fashion_mnist(32, device="cpu")
+    assert train_iter.batch_size == 8 and len(next(iter(train_iter))[1]) == 8
+    assert "CNN_MAX_BATCH=8" in capsys.readouterr().out
 
 
 def test_real_fashion_mnist_when_installed():

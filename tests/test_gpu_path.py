@@ -1,7 +1,8 @@
 """The GPU path of utils.train.fit (mixed precision, channels-last, cuDNN autotuning, compile),
 exercised as far as a CPU can: the same code runs on the CPU with bf16 autocast and
 channels-last tensors, and the choices made for a GPU are checked with a patched torch.cuda.
-Tests that need a real GPU are skipped without one."""
+Tests that need a real GPU are skipped without one; every other test passes the device
+explicitly, so the whole file also passes on a CUDA machine."""
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from tests.conftest import make_fake_fashion_mnist
-from utils import data, train
+from utils import data, runtime, train
 
 CUDA = torch.cuda.is_available()
 
@@ -49,7 +50,7 @@ class WithAuxHead(nn.Module):
 def test_bf16_on_cpu_trains_and_keeps_float32_weights(loaders):
     torch.manual_seed(0)
     net = conv_bn_net()
-    history = train.fit(net, *loaders, epochs=1, lr=0.1, amp="bf16", progress=False)
+    history = train.fit(net, *loaders, epochs=1, lr=0.1, amp="bf16", progress=False, device="cpu")
     assert history.meta["amp"] == "bfloat16"
     assert math.isfinite(history.train_loss[0]) and 0 <= history.test_acc[0] <= 1
     # autocast computes in bf16 but the optimizer updates float32 master weights
@@ -65,29 +66,29 @@ def test_bf16_autocast_really_lowers_precision_on_cpu():
 def test_bf16_with_auxiliary_head_and_grad_clip(loaders):
     torch.manual_seed(0)
     history = train.fit(WithAuxHead(), *loaders, epochs=1, lr=0.05, amp="bf16", grad_clip=1.0,
-                        progress=False)
+                        progress=False, device="cpu")
     assert math.isfinite(history.train_loss[0])
 
 
 def test_fp16_on_cpu_needs_no_grad_scaler(loaders):
     # GradScaler is only built for CUDA; fp16 autocast on the CPU must still run
     torch.manual_seed(0)
-    history = train.fit(conv_bn_net(), *loaders, epochs=1, lr=0.05, amp="fp16", progress=False)
+    history = train.fit(conv_bn_net(), *loaders, epochs=1, lr=0.05, amp="fp16", progress=False, device="cpu")
     assert history.meta["amp"] == "float16"
 
 
 def test_auto_means_full_precision_on_cpu(loaders):
-    history = train.fit(conv_bn_net(), *loaders, epochs=1, lr=0.1, progress=False)
+    history = train.fit(conv_bn_net(), *loaders, epochs=1, lr=0.1, progress=False, device="cpu")
     assert history.meta["amp"] is None
 
 
 def test_bf16_checkpoint_resumes(loaders, tmp_path):
     checkpoint = tmp_path / "bf16.pt"
     torch.manual_seed(0)
-    train.fit(conv_bn_net(), *loaders, epochs=1, lr=0.1, amp="bf16", checkpoint=checkpoint, progress=False)
+    train.fit(conv_bn_net(), *loaders, epochs=1, lr=0.1, amp="bf16", checkpoint=checkpoint, progress=False, device="cpu")
     torch.manual_seed(0)
     history = train.fit(conv_bn_net(), *loaders, epochs=2, lr=0.1, amp="bf16", checkpoint=checkpoint,
-                        progress=False)
+                        progress=False, device="cpu")
     assert history.epochs == 2
 
 
@@ -96,7 +97,7 @@ def test_bf16_checkpoint_resumes(loaders, tmp_path):
 def test_channels_last_on_cpu_trains_and_converts_the_weights(loaders):
     torch.manual_seed(0)
     net = conv_bn_net()
-    history = train.fit(net, *loaders, epochs=1, lr=0.1, channels_last=True, progress=False)
+    history = train.fit(net, *loaders, epochs=1, lr=0.1, channels_last=True, progress=False, device="cpu")
     assert math.isfinite(history.train_loss[0])
     conv_weight = net[0].weight
     assert conv_weight.is_contiguous(memory_format=torch.channels_last)
@@ -106,9 +107,9 @@ def test_channels_last_gives_the_same_predictions(loaders):
     torch.manual_seed(0)
     net = conv_bn_net().eval()
     _, test_iter = loaders
-    plain = train.evaluate_accuracy(net, test_iter, "cpu")
+    plain = train.evaluate(net, test_iter, "cpu")
     net.to(memory_format=torch.channels_last)
-    assert train.evaluate_accuracy(net, test_iter, "cpu", channels_last=True) == plain
+    assert train.evaluate(net, test_iter, "cpu", channels_last=True) == plain
 
 
 def wide_conv_net():
@@ -120,21 +121,21 @@ def wide_conv_net():
 
 def test_channels_last_auto_stays_off_on_cpu_for_narrow_convolutions(loaders):
     net = conv_bn_net()  # an 8-channel first convolution, like LeNet's 6
-    history = train.fit(net, *loaders, epochs=1, lr=0.1, progress=False)
+    history = train.fit(net, *loaders, epochs=1, lr=0.1, progress=False, device="cpu")
     assert net[0].weight.is_contiguous()
     assert history.meta["channels_last"] is False
 
 
 def test_channels_last_auto_is_on_on_cpu_for_wide_convolutions(loaders):
     net = wide_conv_net()
-    history = train.fit(net, *loaders, epochs=1, lr=0.1, progress=False)
+    history = train.fit(net, *loaders, epochs=1, lr=0.1, progress=False, device="cpu")
     assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert history.meta["channels_last"] is True and math.isfinite(history.train_loss[0])
 
 
 def test_channels_last_false_overrides_auto(loaders):
     net = wide_conv_net()
-    history = train.fit(net, *loaders, epochs=1, lr=0.1, channels_last=False, progress=False)
+    history = train.fit(net, *loaders, epochs=1, lr=0.1, channels_last=False, progress=False, device="cpu")
     assert net[0].weight.is_contiguous() and history.meta["channels_last"] is False
 
 
@@ -161,10 +162,35 @@ def test_chapter_models_channels_last_choice_on_cpu():
         assert train.prefers_channels_last(make(), cpu)
 
 
-def test_cudnn_benchmark_only_switched_on_for_cuda(loaders, monkeypatch):
+class RecordsAutotuning(nn.Module):
+    """``conv_bn_net`` that records whether cuDNN autotuning was on during each forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = conv_bn_net()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(torch.backends.cudnn.benchmark)
+        return self.body(x)
+
+
+def test_cudnn_autotuning_is_not_switched_on_for_the_cpu(loaders, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    train.fit(conv_bn_net(), *loaders, epochs=1, lr=0.1, progress=False)
-    assert torch.backends.cudnn.benchmark is False
+    net = RecordsAutotuning()
+    train.fit(net, *loaders, epochs=1, lr=0.1, progress=False, device="cpu")
+    assert set(net.seen) == {False} and torch.backends.cudnn.benchmark is False
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_cudnn_autotuning_is_restored_afterwards(monkeypatch, before):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", before)
+    with runtime.cudnn_autotuning(True):
+        assert torch.backends.cudnn.benchmark is True
+    assert torch.backends.cudnn.benchmark is before
+    with pytest.raises(RuntimeError), runtime.cudnn_autotuning(True):
+        raise RuntimeError("a failing run restores it too")
+    assert torch.backends.cudnn.benchmark is before
 
 
 # ----------------------------------------------------------------------------- the GPU choices, with torch.cuda patched
@@ -198,6 +224,27 @@ def test_amp_dtype_table(monkeypatch, device, amp, native_bf16, expected):
     assert train.amp_dtype(torch.device(device), amp) == expected
 
 
+def test_native_bf16_on_pytorch_without_including_emulation(monkeypatch):
+    """PyTorch before 2.4 has ``is_bf16_supported()`` without the keyword (and counts only
+    native support): the call falls back instead of failing."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert train.amp_dtype(torch.device("cuda"), "auto") == torch.bfloat16
+
+
+def test_grad_scaler_only_for_fp16_on_cuda():
+    assert runtime.grad_scaler(torch.device("cpu"), torch.float16) is None
+    assert runtime.grad_scaler(torch.device("cuda"), torch.bfloat16) is None
+    assert runtime.grad_scaler(torch.device("cuda"), None) is None
+    scaler = runtime.grad_scaler(torch.device("cuda"), torch.float16)  # no GPU needed to build one
+    assert scaler is not None and hasattr(scaler, "unscale_")
+
+
+def test_grad_scaler_falls_back_on_pytorch_without_torch_amp_grad_scaler(monkeypatch):
+    monkeypatch.delattr(torch.amp, "GradScaler")
+    scaler = runtime.grad_scaler(torch.device("cuda"), torch.float16)
+    assert type(scaler).__module__.startswith("torch.")
+
+
 def test_amp_dtype_rejects_unknown_values():
     with pytest.raises(ValueError, match="amp must be"):
         train.amp_dtype(torch.device("cpu"), "int8")
@@ -210,7 +257,7 @@ def test_amp_dtype_rejects_unknown_values():
 def test_compile_on_cpu(loaders):
     torch.manual_seed(0)
     net = conv_bn_net()
-    history = train.fit(net, *loaders, epochs=1, lr=0.1, compile=True, progress=False)
+    history = train.fit(net, *loaders, epochs=1, lr=0.1, compile=True, progress=False, device="cpu")
     assert math.isfinite(history.train_loss[0])
     # the checkpointable module is the original one, not the compiled wrapper
     assert not any(key.startswith("_orig_mod") for key in net.state_dict())
@@ -222,8 +269,10 @@ def test_gpu_defaults(loaders):
     train_iter, test_iter = (data.DeviceLoader(it.images, it.labels, 16, shuffle=s, device="cuda")
                              for it, s in ((train_iter, True), (test_iter, False)))
     net = conv_bn_net()
+    before = torch.backends.cudnn.benchmark
+    net = RecordsAutotuning()
     history = train.fit(net, train_iter, test_iter, epochs=1, lr=0.1, device="cuda", progress=False)
-    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    native = runtime.native_bf16(torch.device("cuda"))
     assert history.meta["amp"] == ("bfloat16" if native else "float16")
-    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
-    assert torch.backends.cudnn.benchmark is True
+    assert net.body[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert set(net.seen) == {True} and torch.backends.cudnn.benchmark is before

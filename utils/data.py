@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import config
+from .checkpoint import atomic_write
 
 CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat",
            "sandal", "shirt", "sneaker", "bag", "ankle boot")
@@ -146,8 +147,6 @@ def _read_decoded_cache(path: Path) -> dict[str, np.ndarray] | None:
 def _write_decoded_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Save the decoded arrays (uncompressed) and remove caches of older files. Best effort:
     a read-only or full disk only means the next start decodes the ``.gz`` files again."""
-    from .train import atomic_write
-
     try:
         atomic_write(path, lambda handle: np.savez(handle, **arrays))
         for old in path.parent.glob("fashion-mnist-*.npz"):
@@ -193,8 +192,12 @@ class DeviceLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  shuffle: bool, resize: int | None = None, device=None, augment=None,
                  normalize: tuple[float, float] | None = None, seed: int = 0):
-        if not isinstance(batch_size, int) or batch_size <= 0:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        cap = config.max_batch()
+        if cap is not None and batch_size > cap:
+            print(f"CNN_MAX_BATCH={cap}: batches of {cap} instead of {batch_size}")
+            batch_size = cap
         if resize is not None and (not isinstance(resize, int) or resize <= 0):
             raise ValueError(f"resize must be a positive integer (pixels) or None, got {resize!r}")
         self.device = torch.device(device) if device is not None else config.device()
@@ -243,11 +246,35 @@ class DeviceLoader:
             yield self.transform(self.images[index], train=self.shuffle), self.labels[index]
 
     def state_dict(self) -> dict:
-        """The shuffling state, so a resumed run sees the same batches as an uninterrupted one."""
-        return {"generator": self.generator.get_state()}
+        """The shuffling and augmentation state, so a resumed run sees the same batches, crops
+        and flips as an uninterrupted one."""
+        return {"generator": self.generator.get_state(), "augment": augment_state(self.augment)}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        load_augment_state(self.augment, state.get("augment"))
+
+
+def augment_state(augment) -> dict | None:
+    """The random state of an augmentation: its own ``state_dict()`` if it has one, else every
+    ``torch.Generator`` it keeps as an attribute (an augmentation drawing from the global
+    generator needs nothing here: the checkpoint saves that one)."""
+    if augment is None:
+        return None
+    if hasattr(augment, "state_dict"):
+        return {"state_dict": augment.state_dict()}
+    return {name: value.get_state() for name, value in vars(augment).items()
+            if isinstance(value, torch.Generator)} if hasattr(augment, "__dict__") else {}
+
+
+def load_augment_state(augment, state: dict | None) -> None:
+    if augment is None or not state:
+        return
+    if "state_dict" in state:
+        augment.load_state_dict(state["state_dict"])
+        return
+    for name, generator_state in state.items():
+        getattr(augment, name).set_state(generator_state)
 
 
 def _subset(images, labels, size, seed):

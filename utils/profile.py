@@ -13,6 +13,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import config, runtime
+from .runtime import eval_mode
+
 
 def count_params(net: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (all of them, or only those that require gradients)."""
@@ -36,13 +39,8 @@ def count_flops(net: nn.Module, input_shape, *, per_module: bool = False):
     """
     device = _model_device(net)
     x = torch.zeros(tuple(input_shape), device=device)
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            net(x)
-    finally:
-        net.train(was_training)
+    with eval_mode(net), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x)
     total = counter.get_total_flops()
     if not per_module:
         return total
@@ -58,15 +56,12 @@ def count_train_flops(net: nn.Module, input_shape) -> int:
     """FLOPs of one forward plus backward pass (training step without the optimizer)."""
     device = _model_device(net)
     x = torch.zeros(tuple(input_shape), device=device)
-    was_training = net.training
-    net.train()
     try:
-        with FlopCounterMode(display=False) as counter:
+        with eval_mode(net, training=True), FlopCounterMode(display=False) as counter:
             output = net(x)
             output = output[0] if isinstance(output, (tuple, list)) else output
             output.float().sum().backward()
     finally:
-        net.train(was_training)
         net.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
@@ -80,13 +75,10 @@ def output_shapes(net: nn.Module, input_shape) -> list[tuple[str, str, tuple, in
             shape = tuple((output[0] if isinstance(output, (tuple, list)) else output).shape)
             rows.append((name, type(module).__name__, shape, count_params(module)))
         hooks.append(child.register_forward_hook(record))
-    was_training = net.training
-    net.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(net), torch.no_grad():
             net(torch.zeros(tuple(input_shape), device=_model_device(net)))
     finally:
-        net.train(was_training)
         for hook in hooks:
             hook.remove()
     return rows
@@ -128,39 +120,83 @@ def complexity_table(models: dict) -> str:
 
 
 def throughput(net: nn.Module, input_shape, *, train: bool = False, steps: int = 10,
-               warmup: int = 2, device=None) -> float:
-    """Examples per second of forward passes (or forward+backward+SGD steps if ``train``)."""
+               warmup: int = 2, device=None, amp="auto", channels_last="auto") -> float:
+    """Examples per second of forward passes (or forward+backward+SGD steps if ``train``),
+    measured the way ``fit`` runs: the same precision and memory layout (``amp`` and
+    ``channels_last`` as in ``fit``; ``setup_note`` names them), cuDNN autotuning on a
+    GPU, and waiting for the device before reading the clock on every device.
+    ``$CNN_MAX_STEPS`` caps ``steps`` and ``warmup``."""
     device = torch.device(device) if device is not None else _model_device(net)
-    x = torch.randn(tuple(input_shape), device=device)
-    batch = x.shape[0]
-    was_training = net.training
-    net.train(train)
+    steps, warmup = _capped(steps), _capped(warmup)
+    dtype = runtime.amp_dtype(device, amp)
+    layout = runtime.resolve_channels_last(net, device, channels_last)
+    x = runtime.to_layout(torch.randn(tuple(input_shape), device=device), layout)
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-6) if train else None
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    scaler = runtime.grad_scaler(device, dtype) if train else None
 
     def one_step():
-        if train:
+        with runtime.autocast(device, dtype), torch.set_grad_enabled(train):
             output = net(x)
-            output = output[0] if isinstance(output, (tuple, list)) else output
-            optimizer.zero_grad(set_to_none=True)
-            output.float().mean().backward()
+            output = (output[0] if isinstance(output, (tuple, list)) else output).float().mean()
+        if not train:
+            return
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is None:
+            output.backward()
             optimizer.step()
         else:
-            with torch.no_grad():
-                net(x)
+            scaler.scale(output).backward()
+            scaler.step(optimizer)
+            scaler.update()
 
+    before = _layout_of(net)
+    net.to(memory_format=torch.channels_last if layout else torch.contiguous_format)
     try:
-        for _ in range(warmup):
-            one_step()
-        sync()
-        start = time.perf_counter()
-        for _ in range(steps):
-            one_step()
-        sync()
-        elapsed = time.perf_counter() - start
+        with eval_mode(net, training=train), runtime.cudnn_autotuning(device.type == "cuda"):
+            for _ in range(warmup):
+                one_step()
+            runtime.synchronize(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                one_step()
+            runtime.synchronize(device)
+            elapsed = time.perf_counter() - start
     finally:
-        net.train(was_training)
-    return batch * steps / elapsed
+        net.to(memory_format=before)
+        if train:
+            net.zero_grad(set_to_none=True)
+    return x.shape[0] * steps / elapsed
+
+
+def setup_note(net: nn.Module, device, *, amp="auto", channels_last="auto") -> str:
+    """How ``throughput`` (and ``fit``) run ``net`` on ``device``, e.g. 'cuda, bfloat16
+    autocast, channels-last, cuDNN autotuning'."""
+    device = torch.device(device)
+    return runtime.describe_setup(device, runtime.amp_dtype(device, amp),
+                                  runtime.resolve_channels_last(net, device, channels_last))
+
+
+def _layout_of(net: nn.Module):
+    weight = next((m.weight for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    if weight is not None and weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) \
+            and not weight.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+_announced_cap = False
+
+
+def _capped(n: int) -> int:
+    """``n`` limited by ``$CNN_MAX_STEPS`` (said once per session)."""
+    global _announced_cap
+    cap = config.max_steps()
+    if cap is None or n <= cap:
+        return n
+    if not _announced_cap:
+        print(f"CNN_MAX_STEPS={cap}: throughput measured over at most {cap} steps (a dry run)")
+        _announced_cap = True
+    return cap
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 5, device=None) -> float:
@@ -168,14 +204,13 @@ def matmul_gflops(size: int = 1024, repeats: int = 5, device=None) -> float:
     device = torch.device(device) if device is not None else torch.device("cpu")
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     a @ b
     rates = []
     for _ in range(repeats):
-        sync()
+        runtime.synchronize(device)
         start = time.perf_counter()
         for _ in range(4):
             a @ b
-        sync()
+        runtime.synchronize(device)
         rates.append(4 * 2 * size ** 3 / (time.perf_counter() - start) / 1e9)
     return sorted(rates)[len(rates) // 2]

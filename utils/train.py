@@ -1,56 +1,38 @@
-"""Training: ``fit`` and the ``History`` it returns.
+"""Training: ``fit``, the loop it runs (``train_epoch``, ``evaluate``) and the ``History``
+it returns.
 
 ``fit`` trains a classifier with minibatch SGD (or another optimizer), evaluates test
-accuracy after every epoch, draws live curves in Jupyter (a tqdm bar elsewhere),
-writes a checkpoint atomically after every epoch and resumes from it, and stops with
-an explanation when the loss stops being a number.
+accuracy after every epoch, draws live curves in Jupyter (a tqdm bar elsewhere), writes a
+checkpoint after every epoch and resumes from it exactly (``utils.checkpoint``), and stops
+with an explanation when the loss stops being a number. The device choices (precision,
+memory layout, autotuning) are ``utils.runtime``'s.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+import numbers
 import os
-import sys
-import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import config
+from . import checkpoint as checkpoints
+from . import config, runtime
+from .checkpoint import CheckpointError, atomic_write  # noqa: F401  (part of this module's surface)
+from .progress import ProgressView
+from .runtime import amp_dtype, eval_mode, prefers_channels_last  # noqa: F401
 
-CHECKPOINT_FORMAT = 1
+HISTORY_FORMAT = 1
+UPDATES_PER_EPOCH = 4  # points per epoch where fit reads the metrics (and waits for the device)
+DIVERGED_STREAK = 3  # this many non-finite batch losses in a row mean the run has diverged
 
 
 class TrainingDiverged(FloatingPointError):
-    """The training loss became NaN or infinite."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be read, or belongs to another model or setting."""
-
-
-# ----------------------------------------------------------------------------- files
-
-def atomic_write(path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it over
-    ``path``: readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The training loss stayed NaN or infinite, or the weights stopped being finite."""
 
 
 # ----------------------------------------------------------------------------- history
@@ -60,7 +42,9 @@ class History:
     """Per-epoch results of a training run; saved to and loaded from JSON.
 
     ``seconds`` is the wall time of the whole epoch (training and evaluation);
-    ``examples_per_sec`` counts training examples over the training part only.
+    ``examples_per_sec`` counts training examples over the training part only;
+    ``nonfinite_batches`` counts the batches whose loss was NaN or infinite (left out of
+    the epoch's loss and accuracy; under fp16 the gradient scaler skipped their step).
     """
 
     train_loss: list = field(default_factory=list)
@@ -68,6 +52,7 @@ class History:
     test_acc: list = field(default_factory=list)
     seconds: list = field(default_factory=list)
     examples_per_sec: list = field(default_factory=list)
+    nonfinite_batches: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
     interrupted: bool = False
 
@@ -77,9 +62,10 @@ class History:
     def epochs(self) -> int:
         return len(self.train_loss)
 
-    def record(self, **values) -> None:
+    def record(self, *, nonfinite_batches: int = 0, **values) -> None:
         for key in self.KEYS:
             getattr(self, key).append(float(values[key]))
+        self.nonfinite_batches.append(int(nonfinite_batches))
 
     def final(self) -> dict:
         """The last epoch's numbers (empty before the first epoch ends)."""
@@ -95,12 +81,14 @@ class History:
                 f"on {self.meta.get('device', '?')}")
 
     def to_dict(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, **{key: getattr(self, key) for key in self.KEYS},
-                "meta": self.meta}
+        return {"format": HISTORY_FORMAT, **{key: getattr(self, key) for key in self.KEYS},
+                "nonfinite_batches": self.nonfinite_batches, "meta": self.meta}
 
     @classmethod
     def from_dict(cls, data: dict) -> "History":
-        return cls(**{key: list(data[key]) for key in cls.KEYS}, meta=dict(data.get("meta", {})))
+        columns = {key: list(data[key]) for key in cls.KEYS}
+        skipped = list(data.get("nonfinite_batches") or [0] * len(columns["train_loss"]))
+        return cls(**columns, nonfinite_batches=skipped, meta=dict(data.get("meta", {})))
 
     def save(self, path) -> Path:
         """Write the history as JSON (atomically) and return the path."""
@@ -146,73 +134,168 @@ def accuracy_count(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=1) == labels).sum()
 
 
+def main_output(output):
+    """Models with auxiliary classifiers return ``(main, aux, ...)`` while training."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def limited(batches, max_steps: int | None):
+    """The first ``max_steps`` items of ``batches`` (all of them when None)."""
+    for i, batch in enumerate(batches):
+        if max_steps is not None and i >= max_steps:
+            return
+        yield batch
+
+
+# ----------------------------------------------------------------------------- one epoch
+
 class RunningMetrics:
     """Training loss and accuracy summed over an epoch on the device: adding a batch does
-    not wait for the device; reading the means does."""
+    not wait for the device; reading the means does. Batches whose loss is not finite are
+    counted apart (``nonfinite``) and left out of the means; ``longest_streak`` is the
+    longest run of them in a row, carried over from ``previous_streak``."""
 
-    def __init__(self, device):
-        self.loss_sum = torch.zeros((), device=device)
-        self.correct = torch.zeros((), dtype=torch.long, device=device)
+    def __init__(self, device, previous_streak: int = 0):
+        zero = lambda dtype=torch.float32: torch.zeros((), dtype=dtype, device=device)  # noqa: E731
+        self.loss_sum, self.correct, self.counted = zero(), zero(torch.long), zero(torch.long)
+        self.nonfinite_count, self.streak = zero(torch.long), zero(torch.long) + previous_streak
+        self.longest = self.streak.clone()
         self.seen = 0
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.loss_sum += loss.detach().float() * len(labels)
-        self.correct += accuracy_count(logits.detach(), labels)
-        self.seen += len(labels)
+        loss = loss.detach().float()
+        finite = torch.isfinite(loss)
+        n = len(labels)
+        self.loss_sum += torch.where(finite, loss * n, 0.0)
+        self.correct += torch.where(finite, accuracy_count(logits.detach(), labels), 0)
+        self.counted += finite.long() * n
+        self.nonfinite_count += (~finite).long()
+        self.streak = torch.where(finite, 0, self.streak + 1)
+        self.longest = torch.maximum(self.longest, self.streak)
+        self.seen += n
 
     def mean_loss(self) -> float:
-        return self.loss_sum.item() / self.seen
+        counted = self.counted.item()
+        return self.loss_sum.item() / counted if counted else math.nan
 
     def accuracy(self) -> float:
-        return self.correct.item() / self.seen
+        counted = self.counted.item()
+        return self.correct.item() / counted if counted else math.nan
+
+    def nonfinite(self) -> int:
+        return int(self.nonfinite_count.item())
+
+    def diverged(self) -> bool:
+        """The loss was not finite for ``DIVERGED_STREAK`` batches in a row."""
+        return self.longest.item() >= DIVERGED_STREAK
 
 
-def report_points(batches: int, updates_per_epoch: int) -> set[int]:
+def report_points(batches: int, updates_per_epoch: int = UPDATES_PER_EPOCH) -> set[int]:
     """The batch indices after which ``fit`` reads the running metrics (and so waits for the
     device): ``updates_per_epoch`` evenly spaced points, the last batch among them."""
     updates = max(1, min(updates_per_epoch, batches))
     return {round(batches * (k + 1) / updates) - 1 for k in range(updates)}
 
 
-def evaluate_accuracy(net: nn.Module, data_iter, device=None, *, channels_last: bool = False) -> float:
-    """Accuracy of ``net`` on every example of ``data_iter``, in eval mode."""
+def combined_loss(loss_fn, output, y, aux_weight: float):
+    """``(loss, main output)``: the main head's loss plus ``aux_weight`` times each auxiliary
+    head's (GoogLeNet and Inception-v3 return ``(main, aux, ...)`` while training)."""
+    if isinstance(output, (tuple, list)):
+        main = output[0]
+        return loss_fn(main, y) + aux_weight * sum(loss_fn(o, y) for o in output[1:]), main
+    return loss_fn(output, y), output
+
+
+@dataclass
+class TrainStep:
+    """One optimisation step: forward in the chosen precision, the loss (with auxiliary
+    heads), backward (scaled under fp16), optional gradient clipping, the optimizer step."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    device: torch.device
+    dtype: torch.dtype | None = None
+    scaler: object = None
+    aux_weight: float = 0.3
+    grad_clip: float | None = None
+
+    def __call__(self, X, y):
+        with runtime.autocast(self.device, self.dtype):
+            loss, main = combined_loss(self.loss_fn, self.model(X), y, self.aux_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
+        else:
+            loss.backward()
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when a gradient is not finite
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return loss.detach(), main.detach()
+
+
+def train_epoch(step: TrainStep, train_iter, *, channels_last: bool = False, max_steps=None,
+                previous_streak: int = 0, on_report=None, on_batch=None) -> RunningMetrics:
+    """Train for one pass over ``train_iter`` (at most ``max_steps`` batches) and return the
+    running metrics. ``on_report(batch_index, metrics)`` is called at ``report_points``,
+    ``on_batch(batch_index)`` after every batch (it must not wait for the device)."""
+    step.model.train()
+    batches = len(train_iter) if max_steps is None else min(len(train_iter), max_steps)
+    report_at = report_points(batches)
+    metrics = RunningMetrics(step.device, previous_streak)
+    for i, (X, y) in enumerate(limited(train_iter, max_steps)):
+        X, y = X.to(step.device, non_blocking=True), y.to(step.device, non_blocking=True)
+        loss, logits = step(runtime.to_layout(X, channels_last), y)
+        metrics.add(loss, logits, y)
+        if on_report is not None and i in report_at:  # the only points that wait for the device
+            on_report(i, metrics)
+        if on_batch is not None:
+            on_batch(i)
+    return metrics
+
+
+def evaluate(net: nn.Module, data_iter, device=None, *, dtype: torch.dtype | None = None,
+             channels_last: bool = False, max_steps: int | None = None) -> float:
+    """Accuracy of ``net`` on ``data_iter`` (at most ``max_steps`` batches), in eval mode, in
+    the precision and memory layout given (``fit`` passes the ones it trains with)."""
     device = torch.device(device) if device is not None else next(net.parameters()).device
-    was_training = net.training
-    net.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
-    with torch.no_grad():
-        for X, y in data_iter:
-            X, y = X.to(device), y.to(device)
-            if channels_last:
-                X = X.contiguous(memory_format=torch.channels_last)
-            correct += accuracy_count(_main_output(net(X)), y)
+    with eval_mode(net), torch.no_grad(), runtime.autocast(device, dtype):
+        for X, y in limited(data_iter, max_steps):
+            X, y = runtime.to_layout(X.to(device), channels_last), y.to(device)
+            correct += accuracy_count(main_output(net(X)), y)
             total += len(y)
-    net.train(was_training)
     return correct.item() / max(total, 1)
 
 
-def _main_output(output):
-    """Models with auxiliary classifiers return ``(main, aux, ...)`` while training."""
-    return output[0] if isinstance(output, (tuple, list)) else output
+def weights_finite(net: nn.Module) -> bool:
+    """Whether every parameter is finite (one wait for the device)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all()) \
+        if any(True for _ in net.parameters()) else True
 
 
-def model_signature(net: nn.Module) -> str:
-    """Class name and parameter shapes, hashed: tells whether a checkpoint fits a model."""
-    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in net.state_dict().items())
-    return f"{type(net).__name__}:" + hashlib.sha1(shapes.encode()).hexdigest()[:16]
+# ----------------------------------------------------------------------------- set-up
 
-
-def _check_positive(name, value, kind=float):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+def check_positive(name, value, kind=float):
+    """``value`` must be a positive number (``kind=int``: a positive whole ``int``)."""
     if kind is int:
-        ok = ok and float(value).is_integer()
-    if not ok or (kind is float and not math.isfinite(value)):
-        what = "a positive integer" if kind is int else "a positive number"
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+    else:
+        ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+              and math.isfinite(value) and value > 0)
+    if not ok:
+        what = "a positive integer (an int such as 10)" if kind is int else "a positive number"
         raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
-def _make_optimizer(optimizer, params, lr, momentum, weight_decay):
+def make_optimizer(optimizer, params, lr, momentum=0.0, weight_decay=0.0):
+    """'sgd', 'adam', 'adamw', or a function ``(params, lr) -> Optimizer``."""
     if callable(optimizer):
         return optimizer(params, lr)
     choices = {
@@ -226,112 +309,83 @@ def _make_optimizer(optimizer, params, lr, momentum, weight_decay):
     return choices[optimizer]()
 
 
-def amp_dtype(device: torch.device, amp) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` = 'auto' | 'bf16' | 'fp16' | None on ``device``.
-
-    'auto' means bf16 on GPUs that run it natively (Ampere and later), fp16 (with a
-    gradient scaler) on older GPUs, and full precision on CPUs and Apple GPUs.
-    """
-    if amp in (None, False, "off"):
-        return None
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16
-    if amp != "auto":
-        raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or None, got {amp!r}")
-    if device.type != "cuda":
-        return None
-    # Some GPUs report bf16 only through slow emulation: ask for native support.
-    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+_IMPLEMENTATION_ONLY = {"params", "foreach", "fused", "capturable", "differentiable"}
+_SCHEDULER_PROGRESS = {"last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step",
+                       "_is_initial", "lr_lambdas"}
 
 
-CHANNELS_LAST_MIN_WIDTH = 16  # float32 lanes of one AVX-512 register
+def _plain(value):
+    """A setting as a value that survives a checkpoint and compares by value."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, (bool, int, float, str, type(None))) else repr(value)
 
 
-def prefers_channels_last(net: nn.Module, device: torch.device) -> bool:
-    """What ``channels_last='auto'`` means: whether channels-last memory (NHWC) is expected
-    to train ``net`` faster on ``device``.
-
-    - CUDA GPUs: yes for every convolutional network (cuDNN's fast kernels, tensor cores
-      above all, work in NHWC).
-    - CPUs: yes when the first convolution has at least 16 output channels. oneDNN's
-      NHWC kernels vectorise across channels, and the first layers, working on the
-      largest feature maps, take most of the time. Measured on a 2-core AVX-512 CPU, one
-      training step was 1.07-1.35x faster for AlexNet, NiN, GoogLeNet, ResNet-18,
-      Inception-BN and a quarter-width VGG-11 (first layers 16-96 channels wide), but
-      0.82x (slower) for batch-norm LeNet, whose 6-channel layers leave most of a vector
-      register empty.
-    - Apple GPUs and networks without convolutions: no.
-    """
-    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        return False
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and convs[0].out_channels >= CHANNELS_LAST_MIN_WIDTH
-
-
-def in_notebook() -> bool:
-    """True inside a Jupyter kernel (live plots), False in a terminal (tqdm bar)."""
-    shell = sys.modules.get("IPython")
-    ip = shell.get_ipython() if shell is not None else None
-    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
+def run_settings(opt, sched, loss_fn, train_iter, *, epochs, aux_weight, grad_clip, dtype) -> dict:
+    """Every setting that changes what a run computes, flat and named, so that resuming
+    under another one is refused with the difference spelled out. ``epochs`` counts only
+    with a scheduler (a schedule such as cosine is built for the number of epochs; without
+    one, training on for more epochs continues the same run)."""
+    settings = {"optimizer": type(opt).__name__}
+    groups = opt.state_dict()["param_groups"]
+    for i, group in enumerate(groups):
+        prefix = "" if len(groups) == 1 else f"group {i} "
+        settings.update({prefix + k: _plain(v) for k, v in group.items() if k not in _IMPLEMENTATION_ONLY})
+    if sched is not None:
+        settings["scheduler"] = type(sched).__name__
+        settings.update({f"scheduler {k}": _plain(v) for k, v in sched.state_dict().items()
+                         if k not in _SCHEDULER_PROGRESS})
+        settings["epochs"] = epochs
+    settings["loss"] = type(loss_fn).__name__
+    settings["label_smoothing"] = getattr(loss_fn, "label_smoothing", None)
+    settings.update(aux_weight=aux_weight, grad_clip=grad_clip, amp=runtime.precision_name(dtype))
+    settings.update(data_settings(train_iter))
+    return settings
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path, *, net, optimizer, scheduler, scaler, history, train_iter, settings) -> None:
-    """Everything needed to continue training exactly where it stopped, written atomically."""
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "signature": model_signature(net),
-        "settings": settings,
-        "model": net.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "history": history.to_dict(),
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "loader": train_iter.state_dict() if hasattr(train_iter, "state_dict") else None},
+def data_settings(train_iter) -> dict:
+    """What a loader feeds: batch size, image shape, which examples, augmentation, normalisation."""
+    labels = getattr(train_iter, "labels", None)
+    augment = getattr(train_iter, "augment", None)
+    return {
+        "batch_size": getattr(train_iter, "batch_size", None),
+        "image_shape": _plain(list(getattr(train_iter, "image_shape", []) or [])),
+        "train_examples": getattr(train_iter, "num_examples", None),
+        "train_labels": (checkpoints.hashlib.sha1(labels.cpu().numpy().tobytes()).hexdigest()[:16]
+                         if isinstance(labels, torch.Tensor) else None),
+        "augment": None if augment is None else _describe(augment),
+        "normalize": _plain(getattr(train_iter, "normalize", None)),
     }
-    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
-def load_checkpoint(path, net, settings) -> dict:
-    """Read a checkpoint and check it belongs to ``net`` and ``settings``; never deletes it."""
-    keep = (f"The file was left as it is. To start over, delete or rename {path}, "
-            "or pass another checkpoint path.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise CheckpointError(f"Checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
-                              f"it is probably truncated or not a checkpoint. {keep}") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a checkpoint written by utils.train.fit. {keep}")
-    if state["signature"] != model_signature(net):
-        raise CheckpointError(
-            f"Checkpoint {path} was written by another model ({state['signature'].split(':')[0]}, "
-            f"or the same class with other layer shapes) and does not fit this "
-            f"{type(net).__name__}. {keep}")
-    changed = {k: (state["settings"].get(k), v) for k, v in settings.items()
-               if state["settings"].get(k) != v}
-    if changed:
-        detail = ", ".join(f"{k} was {old!r}, now {new!r}" for k, (old, new) in changed.items())
-        raise CheckpointError(f"Checkpoint {path} was trained with other settings ({detail}); "
-                              f"resuming would mix two runs. {keep}")
-    return state
+def _describe(thing) -> str:
+    """A callable's class and plain settings, e.g. ``RandomCropFlip(flip=True, padding=4)``."""
+    fields = {k: v for k, v in sorted(getattr(thing, "__dict__", {}).items())
+              if isinstance(v, (bool, int, float, str)) and not k.startswith("_")}
+    name = getattr(thing, "__qualname__", type(thing).__qualname__)
+    return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
+
+
+def describe_run(net, train_iter, *, name, device, epochs, lr, dtype, channels_last) -> dict:
+    """The ``History.meta`` of a run: what it trains, where and how."""
+    return {"name": name or type(net).__name__, "device": str(device), "profile": config.profile(),
+            "lr": float(lr), "epochs": epochs, "batch_size": getattr(train_iter, "batch_size", None),
+            "image_shape": list(getattr(train_iter, "image_shape", []) or []),
+            "train_examples": getattr(train_iter, "num_examples", None),
+            "amp": runtime.precision_name(dtype), "channels_last": bool(channels_last),
+            "max_steps": config.max_steps()}
 
 
 # ----------------------------------------------------------------------------- fit
 
 def fit(net: nn.Module, train_iter, test_iter, *, epochs: int, lr: float, device=None,
-        optimizer="sgd", momentum: float = 0.0, weight_decay: float = 0.0, loss=None,
+        optimizer="sgd", momentum: float = 0.0, weight_decay: float = 0.0,
         label_smoothing: float = 0.0, aux_weight: float = 0.3, scheduler=None,
         grad_clip: float | None = None, init: str | None = "xavier", checkpoint=None,
         resume: bool = True, name: str | None = None, amp="auto", channels_last="auto",
-        compile: bool = False, progress="auto", updates_per_epoch: int = 4) -> History:
+        compile: bool = False, progress="auto") -> History:
     """Train ``net`` and return its ``History``.
 
     - ``optimizer``: 'sgd' (default, as the book), 'adam', 'adamw', or a function
@@ -341,208 +395,161 @@ def fit(net: nn.Module, train_iter, test_iter, *, epochs: int, lr: float, device
       ``train_ch6`` does; pass ``init=None`` to keep the weights (e.g. a pretrained net).
     - Models that return ``(main, aux1, ...)`` in training mode get
       ``loss(main) + aux_weight * sum(loss(aux))``.
-    - ``checkpoint``: a path. After every epoch the state is written there atomically;
-      if the file exists when ``fit`` starts it resumes from it (``resume=False`` moves
-      it aside to ``*.bak`` and starts over).
-    - On a GPU: mixed precision (``amp``), channels-last memory and cuDNN autotuning are
-      on by default; ``compile=True`` adds ``torch.compile``. On a CPU, channels-last is
-      on for networks whose first convolution is at least 16 channels wide (see
-      ``prefers_channels_last``); ``channels_last=True/False`` overrides the choice.
-    - ``net.train()`` is called at the start of every epoch; a frozen part that must stay
-      in eval mode (e.g. a backbone's batch norm) has to override ``train()``.
+    - ``checkpoint``: a path. After every epoch the state is written there atomically; if
+      the file exists when ``fit`` starts it resumes from it exactly, or refuses, naming
+      each setting that differs (``resume=False`` moves it aside to ``*.bak`` instead).
+    - Precision and layout (``utils.runtime``): on a CUDA GPU mixed precision (``amp``:
+      bf16 where native, else fp16 with a gradient scaler), channels-last memory and cuDNN
+      autotuning (restored afterwards); ``compile=True`` adds ``torch.compile``. On a CPU,
+      full precision, and channels-last for networks whose first convolution is at least
+      16 channels wide. Evaluation uses the same precision and layout.
+    - Diverged (``TrainingDiverged``): the loss is NaN or infinite for ``DIVERGED_STREAK``
+      batches in a row, or the weights are no longer finite at an epoch's end. A single
+      non-finite batch is counted (``History.nonfinite_batches``) and left out of the means.
+    - ``$CNN_MAX_STEPS`` cuts every epoch and evaluation to that many batches (a dry run).
     - Ctrl-C (or Jupyter's stop button) ends training cleanly: the history so far is
       returned with ``interrupted=True`` and the checkpoint is kept; run again to resume.
     """
-    _check_positive("epochs", epochs, int)
-    _check_positive("lr", lr)
+    check_positive("epochs", epochs, int)
+    check_positive("lr", lr)
+    if init not in ("xavier", None):
+        raise ValueError(f"init must be 'xavier' or None, got {init!r}")
     device = torch.device(device) if device is not None else config.device()
-    cuda = device.type == "cuda"
-    if channels_last == "auto":
-        channels_last = prefers_channels_last(net, device)
-    if cuda:
-        torch.backends.cudnn.benchmark = True
     dtype = amp_dtype(device, amp)
-    scaler = torch.amp.GradScaler("cuda") if (dtype == torch.float16 and cuda) else None
-
+    channels_last = runtime.resolve_channels_last(net, device, channels_last)
     if init == "xavier":
         init_xavier(net)
-    elif init is not None:
-        raise ValueError(f"init must be 'xavier' or None, got {init!r}")
-    net.to(device)
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    opt = _make_optimizer(optimizer, net.parameters(), lr, momentum, weight_decay)
+    net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    opt = make_optimizer(optimizer, net.parameters(), lr, momentum, weight_decay)
     sched = scheduler(opt) if scheduler is not None else None
-    loss_fn = loss if loss is not None else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    settings = {"lr": float(lr), "optimizer": optimizer if isinstance(optimizer, str) else "custom",
-                "batch_size": getattr(train_iter, "batch_size", None)}
-    history = History(meta={"name": name or type(net).__name__, "device": str(device),
-                            "profile": config.profile(), "lr": float(lr), "epochs": epochs,
-                            "batch_size": settings["batch_size"],
-                            "image_shape": list(getattr(train_iter, "image_shape", []) or []),
-                            "train_examples": getattr(train_iter, "num_examples", None),
-                            "amp": str(dtype).replace("torch.", "") if dtype else None,
-                            "channels_last": bool(channels_last)})
-
+    step = TrainStep(torch.compile(net) if compile else net, opt,
+                     nn.CrossEntropyLoss(label_smoothing=label_smoothing), device, dtype,
+                     runtime.grad_scaler(device, dtype), aux_weight, grad_clip)
+    settings = run_settings(opt, sched, step.loss_fn, train_iter, epochs=epochs, aux_weight=aux_weight,
+                            grad_clip=grad_clip, dtype=dtype)
+    history = History(meta=describe_run(net, train_iter, name=name, device=device, epochs=epochs,
+                                        lr=lr, dtype=dtype, channels_last=channels_last))
     if checkpoint is not None:
-        checkpoint = Path(checkpoint)
-        # A process killed while writing leaves only its temporary file: remove it.
-        for stale in checkpoint.parent.glob(f".{checkpoint.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-        if checkpoint.exists() and not resume:
-            backup = checkpoint.with_name(checkpoint.name + ".bak")
-            os.replace(checkpoint, backup)
-            print(f"resume=False: the old checkpoint was moved to {backup}")
-        elif checkpoint.exists():
-            state = load_checkpoint(checkpoint, net, settings)
-            net.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            if sched is not None and state["scheduler"] is not None:
-                sched.load_state_dict(state["scheduler"])
-            if scaler is not None and state["scaler"] is not None:
-                scaler.load_state_dict(state["scaler"])
-            # The epochs so far come from the checkpoint; the description is this run's.
-            history = History.from_dict({**state["history"], "meta": history.meta})
-            torch.set_rng_state(state["rng"]["torch"])
-            if cuda and state["rng"]["cuda"] is not None:
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-            if state["rng"]["loader"] is not None and hasattr(train_iter, "load_state_dict"):
-                train_iter.load_state_dict(state["rng"]["loader"])
-            print(f"Resumed from {checkpoint} after epoch {history.epochs}"
-                  + (" (already complete)" if history.epochs >= epochs else ""))
-
-    model = torch.compile(net) if compile else net
-    view = _ProgressView(history, epochs, len(train_iter), progress)
-    report_at = report_points(len(train_iter), updates_per_epoch)
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
-
+        history = _start_or_resume(Path(checkpoint), resume, step, sched, history, train_iter, settings)
+    _announce_dry_run(train_iter, test_iter)
+    view = ProgressView(history, epochs, min(len(train_iter), config.max_steps() or len(train_iter)), progress)
+    loop = _EpochLoop(step, sched, history, view, train_iter, test_iter, channels_last, checkpoint, settings)
     try:
-        for epoch in range(history.epochs, epochs):
-            model.train()
-            start = time.perf_counter()
-            metrics = RunningMetrics(device)
-            for i, (X, y) in enumerate(train_iter):
-                X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if channels_last:
-                    X = X.contiguous(memory_format=torch.channels_last)
-                with autocast():
-                    output = model(X)
-                    if isinstance(output, (tuple, list)):
-                        main = output[0]
-                        batch_loss = loss_fn(main, y) + aux_weight * sum(loss_fn(o, y) for o in output[1:])
-                    else:
-                        main = output
-                        batch_loss = loss_fn(main, y)
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(batch_loss).backward()
-                    scaler.unscale_(opt)
-                else:
-                    batch_loss.backward()
-                if grad_clip is not None:
-                    nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-                if scaler is not None:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
-                metrics.add(batch_loss, main, y)
-                if i in report_at:  # the only points where the device is synchronised
-                    mean_loss = metrics.mean_loss()
-                    if not math.isfinite(mean_loss):
-                        raise TrainingDiverged(_diverged_message(epoch, i, lr, checkpoint, history))
-                    view.batch(epoch + (i + 1) / len(train_iter), mean_loss, metrics.accuracy())
-                view.step()
-            train_seconds = time.perf_counter() - start
-            test_acc = evaluate_accuracy(model, test_iter, device, channels_last=channels_last)
-            if sched is not None:
-                sched.step()
-            history.record(train_loss=metrics.mean_loss(), train_acc=metrics.accuracy(),
-                           test_acc=test_acc, seconds=time.perf_counter() - start,
-                           examples_per_sec=metrics.seen / train_seconds)
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, net=net, optimizer=opt, scheduler=sched, scaler=scaler,
-                                history=history, train_iter=train_iter, settings=settings)
-            view.epoch_end()
+        with runtime.cudnn_autotuning(device.type == "cuda"):
+            for epoch in range(history.epochs, epochs):
+                loop.run_epoch(epoch)
     except KeyboardInterrupt:
-        history.interrupted = True
+        return _interrupted(history, view, checkpoint)
+    finally:
         view.close()
-        where = (f"The checkpoint {checkpoint} holds epoch {history.epochs}; run the cell again "
-                 "to resume from it." if checkpoint is not None else
-                 "Pass checkpoint=... to fit to be able to resume after an interruption.")
-        print(f"\nInterrupted during epoch {history.epochs + 1}: returning the {history.epochs} "
-              f"completed epoch(s). {where}")
-        view.final(show_plot=True)
-        return history
-    except BaseException:
-        view.close()
-        raise
-    view.close()
     view.final(show_plot=False)
     return history
 
 
-def _diverged_message(epoch, batch, lr, checkpoint, history) -> str:
-    kept = (f" The checkpoint of the last good epoch ({history.epochs}) is kept at {checkpoint}; "
-            "delete it before retraining with another learning rate." if checkpoint is not None
-            and Path(checkpoint).exists() else "")
-    return (f"The training loss became NaN or infinite in epoch {epoch + 1} (by batch {batch + 1}). "
-            f"The likely cause is a learning rate too large for this model: lr={lr:g}. "
+@dataclass
+class _EpochLoop:
+    """What ``fit`` does in one epoch: train, evaluate, step the schedule, record, checkpoint."""
+
+    step: TrainStep
+    sched: object
+    history: History
+    view: ProgressView
+    train_iter: object
+    test_iter: object
+    channels_last: bool
+    checkpoint: Path | None
+    settings: dict
+    streak: int = 0
+
+    def run_epoch(self, epoch: int) -> None:
+        start = time.perf_counter()
+        batches = self.view.batches
+
+        def report(i, metrics):
+            if metrics.diverged():
+                raise TrainingDiverged(_diverged_message(epoch, i, self))
+            self.view.batch(epoch + (i + 1) / batches, metrics.mean_loss(), metrics.accuracy())
+
+        metrics = train_epoch(self.step, self.train_iter, channels_last=self.channels_last,
+                              max_steps=config.max_steps(), previous_streak=self.streak, on_report=report,
+                              on_batch=lambda i: self.view.step())
+        self.streak = int(metrics.streak.item())
+        if not weights_finite(self.step.model):
+            raise TrainingDiverged(_diverged_message(epoch, None, self))
+        train_seconds = time.perf_counter() - start
+        test_acc = evaluate(self.step.model, self.test_iter, self.step.device, dtype=self.step.dtype,
+                            channels_last=self.channels_last, max_steps=config.max_steps())
+        if self.sched is not None:
+            self.sched.step()
+        self.history.record(train_loss=metrics.mean_loss(), train_acc=metrics.accuracy(), test_acc=test_acc,
+                            seconds=time.perf_counter() - start, examples_per_sec=metrics.seen / train_seconds,
+                            nonfinite_batches=metrics.nonfinite())
+        if self.checkpoint is not None:
+            checkpoints.save(self.checkpoint, net=_original(self.step.model), optimizer=self.step.optimizer,
+                             scheduler=self.sched, scaler=self.step.scaler, history=self.history.to_dict(),
+                             train_iter=self.train_iter, settings=self.settings)
+        self.view.epoch_end()
+
+
+def _original(model: nn.Module) -> nn.Module:
+    """The module itself, not ``torch.compile``'s wrapper (its state dict has no prefix)."""
+    return getattr(model, "_orig_mod", model)
+
+
+def _start_or_resume(path: Path, resume: bool, step: TrainStep, sched, history: History,
+                     train_iter, settings: dict) -> History:
+    """Start a fresh run at ``path`` or continue the one saved there; returns the history."""
+    checkpoints.remove_stale_temporaries(path)
+    if not path.exists():
+        return history
+    if not resume:
+        backup = path.with_name(path.name + ".bak")
+        os.replace(path, backup)
+        print(f"resume=False: the old checkpoint was moved to {backup}")
+        return history
+    state = checkpoints.load(path, _original(step.model), settings)
+    _original(step.model).load_state_dict(state["model"])
+    step.optimizer.load_state_dict(state["optimizer"])
+    if sched is not None:
+        sched.load_state_dict(state["scheduler"])
+    if step.scaler is not None and state["scaler"] is not None:
+        step.scaler.load_state_dict(state["scaler"])
+    checkpoints.restore_random_states(state["rng"], train_iter)
+    # The epochs so far come from the checkpoint; the description is this run's.
+    resumed = History.from_dict({**state["history"], "meta": history.meta})
+    done = " (already complete)" if resumed.epochs >= history.meta["epochs"] else ""
+    print(f"Resumed from {path} after epoch {resumed.epochs}{done}")
+    return resumed
+
+
+def _announce_dry_run(train_iter, test_iter) -> None:
+    cap = config.max_steps()
+    if cap is not None and (len(train_iter) > cap or len(test_iter) > cap):
+        print(f"CNN_MAX_STEPS={cap}: each epoch trains on {min(cap, len(train_iter))} of "
+              f"{len(train_iter)} batches and evaluates {min(cap, len(test_iter))} of "
+              f"{len(test_iter)} (a dry run: the numbers mean nothing)")
+
+
+def _interrupted(history: History, view: ProgressView, checkpoint) -> History:
+    history.interrupted = True
+    view.close()
+    where = (f"The checkpoint {checkpoint} holds epoch {history.epochs}; run the cell again "
+             "to resume from it." if checkpoint is not None else
+             "Pass checkpoint=... to fit to be able to resume after an interruption.")
+    print(f"\nInterrupted during epoch {history.epochs + 1}: returning the {history.epochs} "
+          f"completed epoch(s). {where}")
+    view.final(show_plot=True)
+    return history
+
+
+def _diverged_message(epoch: int, batch: int | None, loop: _EpochLoop) -> str:
+    lr = loop.history.meta["lr"]
+    what = (f"The training loss was NaN or infinite for {DIVERGED_STREAK} batches in a row in epoch "
+            f"{epoch + 1} (by batch {batch + 1})" if batch is not None else
+            f"The weights stopped being finite numbers in epoch {epoch + 1}")
+    path = loop.checkpoint
+    kept = (f" The checkpoint of the last good epoch ({loop.history.epochs}) is kept at {path}; "
+            "delete it before retraining with another learning rate."
+            if path is not None and Path(path).exists() else "")
+    return (f"{what}. The likely cause is a learning rate too large for this model: lr={lr:g}. "
             f"Try lr={lr / 10:g}, or add batch normalization.{kept}")
-
-
-class _ProgressView:
-    """Live curves in Jupyter, a tqdm bar and one line per epoch elsewhere."""
-
-    def __init__(self, history: History, epochs: int, batches: int, progress):
-        self.history, self.epochs, self.batches = history, epochs, batches
-        self.notebook = in_notebook() if progress == "auto" else progress == "notebook"
-        self.enabled = progress is not False and progress != "off"
-        self.points = []  # (fractional epoch, loss, train acc) within epochs
-        self.bar = None
-        self.live = None
-        if not self.enabled:
-            return
-        if self.notebook:
-            from .plot import LivePlot
-
-            self.live = LivePlot(history)
-        else:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=batches, leave=False, file=sys.stderr, mininterval=0.5,
-                            desc=f"epoch {history.epochs + 1}/{epochs}")
-
-    def batch(self, x, loss, acc):
-        self.points.append((x, loss, acc))
-        if self.live is not None:
-            self.live.update(self.points)
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", refresh=False)
-
-    def step(self):
-        if self.bar is not None:
-            self.bar.update()
-
-    def epoch_end(self):
-        if not self.enabled:
-            return
-        if self.live is not None:
-            self.live.update(self.points)  # within its time budget; the last epoch is forced
-        if self.bar is not None:
-            self.bar.write(self.history.summary())
-            self.bar.reset()
-            self.bar.set_description(f"epoch {min(self.history.epochs + 1, self.epochs)}/{self.epochs}")
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def final(self, show_plot: bool):
-        if not self.enabled:
-            return
-        if self.live is not None:
-            self.live.update(self.points, force=True)
-        elif show_plot and self.history.epochs:
-            print("The curves so far: history.plot()")
