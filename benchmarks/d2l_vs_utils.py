@@ -67,7 +67,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from utils import checkpoint as checkpoints
 from utils import config, data, profile, train
+from utils.progress import ProgressView
+from utils.runtime import eval_mode
 
 OUT = config.REPO_ROOT / "benchmarks" / "out"
 D2L_DATA = OUT / "data"              # d2l reads "../data" ...
@@ -295,7 +298,7 @@ def run_bare(chosen: Setting, seed: int = 0) -> dict:
     channels_last = in_fits_layout(net)
     for _ in range(chosen.epochs):
         bare_epoch(net, train_iter, chosen.lr, channels_last)
-        test_acc = train.evaluate_accuracy(net, test_iter, "cpu", channels_last=channels_last)
+        test_acc = train.evaluate(net, test_iter, "cpu", channels_last=channels_last)
     wall = time.perf_counter() - start
     return {"loop": "bare", "wall": wall, "train_examples": train_iter.num_examples * chosen.epochs,
             "test_acc": test_acc, "train_only_examples_per_sec": None}
@@ -328,12 +331,12 @@ def overhead(chosen: Setting, repeats: int = 3, seed: int = 0) -> dict:
     """Medians (seconds) of the parts of one epoch of ``fit`` and of a bare loop around it.
 
     - ``data``: iterating the training ``DeviceLoader`` alone (conversion, resize);
-    - ``bare_train``: a bare training epoch over it; ``evaluate``: ``evaluate_accuracy``;
+    - ``bare_train``: a bare training epoch over it; ``evaluate``: ``train.evaluate``;
     - ``fit_terminal``: ``fit`` as the chapters call it in a terminal (tqdm bar, checkpoint);
     - ``fit_notebook``: the same with the live plot, Jupyter's PNG encoding emulated;
       ``live_plot``: the time spent inside the live plot during that run;
     - ``bookkeeping``: what ``fit`` does per batch besides training, timed alone;
-    - ``checkpoint``: one ``save_checkpoint`` alone.
+    - ``checkpoint``: one ``checkpoint.save`` alone.
     """
     train_iter, test_iter = our_data(chosen, seed)
     torch.manual_seed(seed)
@@ -352,7 +355,7 @@ def overhead(chosen: Setting, repeats: int = 3, seed: int = 0) -> dict:
     for _ in range(repeats):
         parts["data"].append(_timed(lambda: [None for _ in train_iter])[0])
         parts["bare_train"].append(_timed(lambda: bare_epoch(net, train_iter, chosen.lr, channels_last))[0])
-        parts["evaluate"].append(_timed(lambda: train.evaluate_accuracy(
+        parts["evaluate"].append(_timed(lambda: train.evaluate(
             net, test_iter, "cpu", channels_last=channels_last))[0])
         seconds, history = _timed(lambda: run_fit("auto"))
         parts["fit_terminal"].append(seconds)
@@ -360,9 +363,9 @@ def overhead(chosen: Setting, repeats: int = 3, seed: int = 0) -> dict:
             parts["fit_notebook"].append(_timed(lambda: run_fit("notebook"))[0])
         parts["live_plot"].append(sum(drawing))
         optimizer = torch.optim.SGD(net.parameters(), lr=chosen.lr)
-        parts["checkpoint"].append(_timed(lambda: train.save_checkpoint(
-            checkpoint, net=net, optimizer=optimizer, scheduler=None, scaler=None, history=history,
-            train_iter=train_iter, settings={}))[0])
+        parts["checkpoint"].append(_timed(lambda: checkpoints.save(
+            checkpoint, net=net, optimizer=optimizer, scheduler=None, scaler=None,
+            history=history.to_dict(), train_iter=train_iter, settings={}))[0])
         checkpoint.unlink(missing_ok=True)
         parts["bookkeeping"].append(bookkeeping(net, train_iter))
     return {key: statistics.median(values) for key, values in parts.items()}
@@ -402,25 +405,33 @@ def jupyter_rendering():
         IPython.display.display, LivePlot.update = shown, update
 
 
+class _ReplayStep:
+    """Stands in for ``train.TrainStep``: returns stored ``(loss, logits)`` pairs instead of
+    training, so that ``train.train_epoch`` runs everything else it does per batch."""
+
+    def __init__(self, net, outputs):
+        self.model, self.outputs, self.device, self.calls = net, outputs, torch.device("cpu"), 0
+
+    def __call__(self, X, y):
+        self.calls += 1
+        return self.outputs[(self.calls - 1) % len(self.outputs)][:2]
+
+
 def bookkeeping(net, train_iter, stored: int = 8) -> float:
     """Seconds that everything ``fit`` does per batch besides the training step itself
-    costs over one epoch, timed alone: adding to the running metrics, reading them at the
-    report points, and the tqdm bar, replayed over the outputs of ``stored`` real batches."""
-    net.eval()
-    with torch.no_grad():
+    costs over one epoch: ``train.train_epoch`` itself (moving batches, the memory layout,
+    the running metrics, reading them at the report points) and the tqdm bar, run over one
+    epoch of batches with a step that replays the outputs of ``stored`` real batches."""
+    with eval_mode(net), torch.no_grad():
         outputs = [(nn.functional.cross_entropy(logits := net(X), y), logits, y)
                    for _, (X, y) in zip(range(stored), train_iter)]
-    batches = len(train_iter)
-    report_at = train.report_points(batches, 4)
-    view = train._ProgressView(train.History(), 1, batches, progress="auto")
+    batches = [(X, y) for X, y in train_iter]  # the loader's own time is measured as "data"
+    view = ProgressView(train.History(), 1, len(batches), progress="auto")
+    step = _ReplayStep(net, outputs)
     start = time.perf_counter()
-    metrics = train.RunningMetrics("cpu")
-    for i in range(batches):
-        loss, logits, y = outputs[i % len(outputs)]
-        metrics.add(loss, logits, y)
-        if i in report_at:
-            view.batch((i + 1) / batches, metrics.mean_loss(), metrics.accuracy())
-        view.step()
+    train.train_epoch(step, batches, channels_last=in_fits_layout(net),
+                      on_report=lambda i, m: view.batch((i + 1) / len(batches), m.mean_loss(), m.accuracy()),
+                      on_batch=lambda i: view.step())
     seconds = time.perf_counter() - start
     view.close()
     return seconds
@@ -433,9 +444,9 @@ def overhead_report(chosen: Setting, parts: dict) -> list[str]:
     rows = [
         ("data pipeline alone (DeviceLoader: uint8 -> float, resize)", parts["data"]),
         ("bare training epoch (forward, loss, backward, SGD step)", parts["bare_train"]),
-        ("evaluation (evaluate_accuracy on the test set)", parts["evaluate"]),
+        ("evaluation (train.evaluate on the test set)", parts["evaluate"]),
         ("fit's per-batch bookkeeping, timed alone (running metrics, tqdm bar)", parts["bookkeeping"]),
-        ("one save_checkpoint alone", parts["checkpoint"]),
+        ("one checkpoint.save alone", parts["checkpoint"]),
         ("live plot in Jupyter (time inside it during a fit epoch, PNG encoding emulated)",
          parts["live_plot"]),
         ("fit in a terminal (tqdm, checkpoint), whole epoch", parts["fit_terminal"]),

@@ -132,7 +132,7 @@ def test_overhead_parts_and_report(tiny_data):
                           "bookkeeping", "checkpoint"}
     assert all(seconds > 0 for seconds in parts.values())
     report = "\n".join(bench.overhead_report(tiny(), parts))
-    assert "What fit adds" in report and "save_checkpoint" in report
+    assert "What fit adds" in report and "checkpoint.save" in report
 
 
 def test_summary_medians_and_speedup():
@@ -175,3 +175,13 @@ def test_bookkeeping_replays_one_epoch_of_fits_per_batch_work(tiny_data, monkeyp
                         lambda self, *batch: (added.append(len(batch[-1])), original(self, *batch)))
     seconds = bench.bookkeeping(bench.bn_lenet(), train_iter, stored=3)
     assert seconds > 0 and added == [8] * len(train_iter)  # every batch of the epoch
+
+
+def test_bookkeeping_runs_fits_own_epoch_loop(tiny_data, monkeypatch):
+    """The timed loop is ``train.train_epoch`` itself, not a copy of it."""
+    train_iter, _ = data.fashion_mnist(8, train_subset=64, device="cpu")
+    epochs = []
+    original = bench.train.train_epoch
+    monkeypatch.setattr(bench.train, "train_epoch", lambda *a, **k: (epochs.append(1), original(*a, **k))[1])
+    bench.bookkeeping(bench.bn_lenet(), train_iter, stored=3)
+    assert epochs == [1]

@@ -62,3 +62,52 @@ def test_throughput_and_matmul_rate_are_positive():
 def test_complexity_table_formats_rows():
     table = profile.complexity_table({"a model": (1234, 4e6, (1, 1, 28, 28))})
     assert "a model" in table and "1x28x28" in table and "1,234" in table and "4.0" in table
+
+
+class CountsCalls(nn.Module):
+    """A 16-channel-wide convolutional net recording, per call, whether its input was channels-last."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3)
+        self.layouts = []
+
+    def forward(self, x):
+        self.layouts.append(x.stride(1) == 1)
+        return self.conv(x).mean((2, 3))
+
+
+def test_throughput_waits_for_the_device_and_measures_in_fits_layout(monkeypatch):
+    from utils import runtime
+
+    waited = []
+    monkeypatch.setattr(runtime, "synchronize", lambda device: waited.append(torch.device(device).type))
+    net = CountsCalls()
+    rate = profile.throughput(net, (2, 3, 8, 8), train=True, steps=3, warmup=1, device="cpu")
+    assert rate > 0 and waited == ["cpu", "cpu"]  # before and after the timed steps
+    assert net.layouts == [True] * 4  # the layout fit trains this net in on a CPU
+    assert net.conv.weight.is_contiguous()  # and the net is given back as it was
+    assert "channels-last" in profile.setup_note(net, "cpu")
+    net.layouts.clear()
+    profile.throughput(net, (2, 3, 8, 8), steps=2, warmup=0, device="cpu", channels_last=False)
+    assert net.layouts == [False, False]
+
+
+def test_synchronize_covers_cuda_and_mps(monkeypatch):
+    from utils import runtime
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("cuda"))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: calls.append("mps"))
+    for device in ("cuda", "mps", "cpu"):
+        runtime.synchronize(device)
+    assert calls == ["cuda", "mps"]
+
+
+def test_max_steps_caps_the_throughput_measurement(monkeypatch, capsys):
+    monkeypatch.setenv("CNN_MAX_STEPS", "2")
+    monkeypatch.setattr(profile, "_announced_cap", False)
+    net = CountsCalls()
+    profile.throughput(net, (2, 3, 8, 8), steps=10, warmup=5, device="cpu")
+    assert len(net.layouts) == 2 + 2
+    assert "CNN_MAX_STEPS=2" in capsys.readouterr().out

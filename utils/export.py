@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from utils.checks import check_images
+from utils.runtime import eval_mode
 '''
 
 

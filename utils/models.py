@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from utils.checks import check_images
+from utils.runtime import eval_mode
 
 
 # ------------------------------ 01_alexnet.ipynb
@@ -1481,15 +1482,12 @@ def flip_tta_probabilities(net, images):
 
 def predict_probabilities(net, loader, tta=False):
     """Class probabilities (N, K) on the CPU for every batch of ``loader`` (eval mode, in order)."""
-    was_training = net.training
-    net.eval()
     device = next(net.parameters()).device
     chunks = []
-    with torch.no_grad():
+    with eval_mode(net), torch.no_grad():
         for batch in loader:
             images = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(device)
             chunks.append((flip_tta_probabilities(net, images) if tta else F.softmax(net(images), dim=1)).cpu())
-    net.train(was_training)
     return torch.cat(chunks)
 
 

@@ -41,7 +41,8 @@ if ROOT is None:
                        f"of {{REPO_URL}} (see its README), or open this notebook on Colab.")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-
+# Colab wipes /content when it recycles a runtime; to keep checkpoints and results on Drive, uncomment:
+# from google.colab import drive; drive.mount("/content/drive"); os.environ["CNN_RESULTS_DIR"] = "/content/drive/MyDrive/modern-cnns-results"
 from utils import config
 
 config.describe()'''
