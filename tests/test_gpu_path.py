@@ -276,3 +276,14 @@ def test_gpu_defaults(loaders):
     assert history.meta["amp"] == ("bfloat16" if native else "float16")
     assert net.body[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert set(net.seen) == {True} and torch.backends.cudnn.benchmark is before
+
+
+def test_installed_torch_meets_the_requirements_floor():
+    import re
+
+    from utils.config import REPO_ROOT
+
+    floor = re.search(r"^torch>=([\d.]+)", (REPO_ROOT / "requirements.txt").read_text(), re.M).group(1)
+    installed = tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", torch.__version__).groups())
+    assert installed >= tuple(int(part) for part in floor.split("."))
+    assert hasattr(torch.amp, "GradScaler") and hasattr(torch, "mps")  # what runtime uses first
