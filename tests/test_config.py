@@ -106,3 +106,11 @@ def test_data_dir_from_environment(monkeypatch, tmp_path):
     assert config.data_dir() == tmp_path
     monkeypatch.delenv("CNN_DATA_DIR")
     assert config.data_dir() == config.REPO_ROOT / "data"
+
+
+def test_cap_examples_only_in_a_dry_run(monkeypatch):
+    monkeypatch.delenv("CNN_MAX_STEPS", raising=False)
+    assert config.cap_examples(None, 128) is None and config.cap_examples(5000, 128) == 5000
+    monkeypatch.setenv("CNN_MAX_STEPS", "2")
+    assert config.cap_examples(None, 128) == 256 and config.cap_examples(100, 128) == 100
+    assert config.cap_examples(5000, 128) == 256

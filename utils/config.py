@@ -109,6 +109,15 @@ def dry_run_note() -> str | None:
             "the numbers mean nothing") if parts else None
 
 
+def cap_examples(n: int | None, batch_size: int) -> int | None:
+    """``n`` examples (None: all of them), or in a dry run only as many as ``CNN_MAX_STEPS``
+    batches hold: for a chapter's own loops over data that ``fit`` does not cut short."""
+    steps = max_steps()
+    if steps is None:
+        return n
+    return steps * batch_size if n is None else min(n, steps * batch_size)
+
+
 def device() -> torch.device:
     """The best device present: CUDA, then Apple MPS, then the CPU."""
     if torch.cuda.is_available():
