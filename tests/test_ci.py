@@ -26,7 +26,7 @@ def test_ci_installs_into_a_virtual_environment():
     lines = [line.strip() for line in CI.read_text().splitlines()]
     venv = lines.index("python3 -m venv .venv")
     assert lines[venv + 1] == ". .venv/bin/activate"
-    pip = next(i for i, line in enumerate(lines) if "pip install" in line)
+    pip = next(i for i, line in enumerate(lines) if line.startswith("python3 -m pip install"))
     assert venv < pip
 
 
