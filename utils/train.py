@@ -9,6 +9,7 @@ memory layout, autotuning) are ``utils.runtime``'s.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import numbers
@@ -276,8 +277,8 @@ def evaluate(net: nn.Module, data_iter, device=None, *, dtype: torch.dtype | Non
 
 def weights_finite(net: nn.Module) -> bool:
     """Whether every parameter is finite (one wait for the device)."""
-    return bool(torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all()) \
-        if any(True for _ in net.parameters()) else True
+    checks = [torch.isfinite(p).all() for p in net.parameters()]
+    return not checks or bool(torch.stack(checks).all())
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -353,7 +354,7 @@ def data_settings(train_iter) -> dict:
         "batch_size": getattr(train_iter, "batch_size", None),
         "image_shape": _plain(list(getattr(train_iter, "image_shape", []) or [])),
         "train_examples": getattr(train_iter, "num_examples", None),
-        "train_labels": (checkpoints.hashlib.sha1(labels.cpu().numpy().tobytes()).hexdigest()[:16]
+        "train_labels": (hashlib.sha1(labels.cpu().numpy().tobytes()).hexdigest()[:16]
                          if isinstance(labels, torch.Tensor) else None),
         "augment": None if augment is None else _describe(augment),
         "normalize": _plain(getattr(train_iter, "normalize", None)),
