@@ -191,3 +191,7 @@ def save_figure(figure, name: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     return path
+
+
+# Architecture diagrams live in utils.diagram; the chapters reach them through utils.plot.
+from .diagram import architecture, compare_architectures  # noqa: E402,F401
