@@ -21,7 +21,7 @@ def test_alexnet_book_layout():
     net = alexnet()
     assert net(torch.zeros(1, 1, 224, 224)).shape == (1, 10)
     assert net.classifier[1].in_features == 6400
-    assert profile.count_params(net) == 46_764_746  # REFERENCE.md: D2L AlexNet, 1 channel, 10 classes
+    assert profile.count_params(net) == 46_764_746  # REFERENCES.md: D2L AlexNet, 1 channel, 10 classes
     with torch.device("meta"):
         meta = alexnet()
     # conv MACs 33.9M + 415.4M + 127.4M + 191.1M + 127.4M, linear 43.0M
@@ -31,7 +31,7 @@ def test_alexnet_book_layout():
 def test_alexnet_paper_layout():
     with torch.device("meta"):
         net = alexnet_paper()
-    assert profile.count_params(net) == 62_378_344  # REFERENCE.md: paper layout, no groups
+    assert profile.count_params(net) == 62_378_344  # REFERENCES.md: paper layout, no groups
     assert net.classifier[1].in_features == 9216
     # MACs by hand: conv 105,415,200 + 447,897,600 + 149,520,384 + 224,280,576 + 149,520,384,
     # linear 37,748,736 + 16,777,216 + 4,096,000 = 1,135,256,096

@@ -45,7 +45,7 @@ def test_configuration_c_has_1x1_convolutions():
 
 
 def test_first_fully_connected_layer_of_vgg16():
-    # REFERENCE.md: 512*7*7*4096 = 102,760,448 (the lecture's 100,112,896 is a slip).
+    # REFERENCES.md: 512*7*7*4096 = 102,760,448 (the lecture's 100,112,896 is a slip).
     fc6 = on_meta(vgg16, num_classes=1000, in_channels=3).classifier[1]
     assert fc6.weight.numel() == 512 * 7 * 7 * 4096 == 102_760_448
 

@@ -32,7 +32,7 @@ def test_nin_has_no_linear_layer_and_imagenet_size():
 
 
 def test_comparison_numbers():
-    # REFERENCE.md: D2L AlexNet (Fashion-MNIST, 224) has 46,764,746 parameters.
+    # REFERENCES.md: D2L AlexNet (Fashion-MNIST, 224) has 46,764,746 parameters.
     assert profile.count_params(on_meta(alexnet)) == 46_764_746
     assert profile.count_params(on_meta(vgg11, width_divisor=4)) == 43_093_322
     assert profile.count_params(on_meta(vgg11)) == 128_806_154

@@ -1,4 +1,4 @@
-"""Chapter 04: GoogLeNet (Inception v1) against the reference numbers of shared/REFERENCE.md."""
+"""Chapter 04: GoogLeNet (Inception v1) against the reference numbers of REFERENCES.md."""
 import pytest
 import torch
 import torchvision
@@ -24,13 +24,13 @@ def macs(net, shape):
 # ----------------------------------------------------------------------------- whole models
 
 def test_d2l_fashion_mnist_parameters():
-    # D2L's GoogLeNet for Fashion-MNIST (1 channel, 10 classes): 5,977,530 (REFERENCE.md).
+    # D2L's GoogLeNet for Fashion-MNIST (1 channel, 10 classes): 5,977,530 (REFERENCES.md).
     assert profile.count_params(on_meta(googlenet)) == 5_977_530
 
 
 def test_paper_layout_parameters_and_macs():
     # Paper layout (Table 1, 5x5 branch, conv biases, no BN, no aux): 6,998,552 params and
-    # 1.583 GMACs at 224 px, counted from the paper's Table 1 (REFERENCE.md).
+    # 1.583 GMACs at 224 px, counted from the paper's Table 1 (REFERENCES.md).
     net = on_meta(googlenet, num_classes=1000, in_channels=3, dropout=0.4)
     assert profile.count_params(net) == 6_998_552
     assert macs(net, IMAGENET) == 1_582_671_872
@@ -38,7 +38,7 @@ def test_paper_layout_parameters_and_macs():
 
 
 def test_torchvision_numbers_and_the_quirk():
-    # torchvision GoogLeNet (BN, 3x3 in place of 5x5): 6,624,904 params, 1.498 GMACs (REFERENCE.md).
+    # torchvision GoogLeNet (BN, 3x3 in place of 5x5): 6,624,904 params, 1.498 GMACs (REFERENCES.md).
     reference = on_meta(torchvision.models.googlenet, weights=None, aux_logits=False, init_weights=False)
     assert profile.count_params(reference) == 6_624_904
     assert round(macs(reference, IMAGENET) / 1e9, 3) == 1.498
@@ -74,7 +74,7 @@ def test_stage_shapes_at_96_and_224():
 
 def test_block_3a_against_single_convolutions():
     # Lecture: 0.16M vs 0.44M vs 1.22M params, 128M vs 350M vs 900M "FLOPs" (multiply-adds).
-    # REFERENCE.md: block 3a has 163,696 params with biases, 163,328 without, 128M multiply-adds.
+    # REFERENCES.md: block 3a has 163,696 params with biases, 163,328 without, 128M multiply-adds.
     block = Inception(192, *GOOGLENET_TABLE1["3a"])
     weights = sum(p.numel() for n, p in block.named_parameters() if n.endswith("weight"))
     assert profile.count_params(block) == 163_696 and weights == 163_328

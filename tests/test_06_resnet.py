@@ -10,7 +10,7 @@ from utils.models import (BottleneckBlock, PreActBlock, ResidualBlock, preact_re
 
 FACTORIES = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 
-# Parameters: torchvision's ResNet weight metadata (num_params), also shared/REFERENCE.md.
+# Parameters: torchvision's ResNet weight metadata (num_params), also REFERENCES.md.
 IMAGENET_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032}
 # Multiply-adds at 224x224: torchvision's metadata "_ops" (GFLOPS, really GMACs) 1.814 / 3.664 /
 # 4.089; the exact integers are FlopCounterMode's count on torchvision's own models (checked
@@ -43,7 +43,7 @@ def test_imagenet_params_and_flops(name):
 
 
 def test_reference_numbers_rounded_as_published():
-    # REFERENCE.md: 1.814 / 3.664 / 4.089 GMACs
+    # REFERENCES.md: 1.814 / 3.664 / 4.089 GMACs
     rounded = {name: round(macs / 1e9, 3) for name, macs in IMAGENET_MACS.items()}
     assert rounded == {"resnet18": 1.814, "resnet34": 3.664, "resnet50": 4.089}
 

@@ -9,7 +9,7 @@ from utils.models import (BasicConv2d, InceptionV3A, InceptionV3B, InceptionV3C,
                           InceptionV3E, InceptionBNBlock, inception_bn, inception_v3,
                           inception_v3_min_size)
 
-# torchvision.models.inception_v3 documentation / REFERENCE.md: 23,834,568 parameters without
+# torchvision.models.inception_v3 documentation / REFERENCES.md: 23,834,568 parameters without
 # the auxiliary head, 27,161,264 with it, 5.713 GFLOPS (really GMACs) at 299x299.
 V3_PARAMS, V3_PARAMS_AUX, V3_MACS = 23_834_568, 27_161_264, 5.713e9
 # BN-Inception: the paper prints no count; counted from Figure 5 of Ioffe & Szegedy (2015)

@@ -14,7 +14,7 @@ from utils.models import (InceptionResNetA, InceptionResNetB, InceptionResNetC,
                           inception_v4)
 
 IMAGENET = (1, 3, 299, 299)
-# timm 1.0 results tables (results-imagenet.csv / model cards), REFERENCE.md: parameters exact,
+# timm 1.0 results tables (results-imagenet.csv / model cards), REFERENCES.md: parameters exact,
 # GMACs as published by timm (its counter adds 2 ops per batch-norm output to conv/linear MACs).
 V4_PARAMS, V4_GMACS = 42_679_816, 12.28
 IR_V2_PARAMS, IR_V2_GMACS = 55_843_464, 13.18

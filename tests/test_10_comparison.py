@@ -13,7 +13,7 @@ from utils import comparison, train
 MODELS = comparison.models_module()
 ENTRIES = {entry.label: entry for entry in comparison.ENTRIES}
 
-# ImageNet configurations (3 channels, 1000 classes): (params, GMACs) from ../shared/REFERENCE.md
+# ImageNet configurations (3 channels, 1000 classes): (params, GMACs) from REFERENCES.md
 # (torchvision's metadata, timm, or counted from the paper's tables, as noted there).
 IMAGENET_REFERENCE = {
     "AlexNet (paper layout)": (62_378_344, None),   # paper layout, counted
@@ -31,7 +31,7 @@ IMAGENET_REFERENCE = {
 # timm's published GMACs come from another counter: FlopCounterMode on timm's own
 # inception_v4 / inception_resnet_v2 gives 12.254 / 13.156, within 0.3% of them.
 GMACS_TOLERANCE = {"Inception-v4": 0.003, "Inception-ResNet-v2": 0.003}
-# Fashion-MNIST configurations of the book (REFERENCE.md: D2L)
+# Fashion-MNIST configurations of the book (REFERENCES.md: D2L)
 FASHION_REFERENCE = {"AlexNet (D2L)": 46_764_746, "GoogLeNet": 5_977_530}
 
 
@@ -60,7 +60,7 @@ def test_table_is_well_formed():
 
 
 def test_paper_errors_are_the_reference_numbers():
-    # ../shared/REFERENCE.md, "Papers": top-1 / top-5 error %
+    # REFERENCES.md, "Papers": top-1 / top-5 error %
     errors = {label: (ENTRIES[label].top1, ENTRIES[label].top5) for label in ENTRIES
               if ENTRIES[label].source}
     assert errors == {

@@ -8,7 +8,7 @@ One list, :data:`ENTRIES`, drives both the notebook ``chapters/10_comparison.ipy
 the markdown table. Each entry names a factory of :mod:`utils.models`, the chapter that
 defines it, the resolution it is trained at on Fashion-MNIST (the chapter's ``full``
 profile, the book's setting), the paper's ImageNet resolution and the paper's ImageNet
-error (from ``REFERENCE.md``, with its source). ``tests/test_10_comparison.py`` fails
+error (from ``REFERENCES.md``, with its source). ``tests/test_10_comparison.py`` fails
 when a model factory exists in :mod:`utils.models` without an entry here, so a model
 added later cannot be left out of the comparison.
 """
@@ -51,7 +51,7 @@ class Entry:
 
 
 # Errors: ImageNet (ILSVRC-2012) validation, single crop unless the source says otherwise;
-# every number is from ../shared/REFERENCE.md ("Papers"). A blank means REFERENCE.md has
+# every number is from REFERENCES.md ("Papers"). A blank means REFERENCES.md has
 # no number for that model, not that the model has none.
 ENTRIES: tuple[Entry, ...] = (
     Entry("LeNet", "lenet", "01", 28, None),
@@ -269,7 +269,7 @@ def markdown_table(include_smoke: bool = False, module=None, rows: dict | None =
         "FM: Fashion-MNIST configuration (1 channel, 10 classes) at the chapter's training "
         "resolution; ImageNet: 3 channels, 1000 classes. FLOPs = 2 x multiply-adds, forward "
         "pass, batch 1, counted with `utils.profile.count_flops` (convolutions and linear "
-        "layers). Errors are the papers' (see `REFERENCE.md`); a blank means none is recorded "
+        "layers). Errors are the papers' (see `REFERENCES.md`); a blank means none is recorded "
         "there. Accuracies are read from `results/histories/` with the profile, epochs, "
         "resolution and number of training images of the run; `quick` runs are reduced (subsets, "
         "sometimes a lower resolution or fewer blocks: see each chapter's settings) and only "
