@@ -60,13 +60,17 @@ def test_table_is_well_formed():
 
 
 def test_paper_errors_are_the_reference_numbers():
-    # REFERENCES.md, "Papers": top-1 / top-5 error %
-    errors = {label: (ENTRIES[label].top1, ENTRIES[label].top5) for label in ENTRIES
-              if ENTRIES[label].source}
+    # utils.references: top-1 / top-5 error %, with the protocol each was measured under
+    errors = {label: (ENTRIES[label].top1, ENTRIES[label].top5, ENTRIES[label].protocol)
+              for label in ENTRIES if ENTRIES[label].source}
     assert errors == {
-        "AlexNet (paper layout)": (40.7, 18.2), "VGG-16": (25.6, 8.1), "GoogLeNet": (None, 7.89),
-        "ResNet-34": (24.19, 7.40), "BN-Inception": (25.2, 7.82), "Inception-v3": (21.2, 5.6),
-        "Inception-v4": (20.0, 5.0), "Inception-ResNet-v2": (19.9, 4.9)}
+        "AlexNet (paper layout)": (40.7, 18.2, "10 crops"), "VGG-16": (25.6, 8.1, "dense evaluation at one test scale"),
+        "GoogLeNet": (None, 10.07, "1 crop"), "ResNet-18": (27.88, None, "10 crops"),
+        "ResNet-34": (24.52, 7.46, "10 crops"), "ResNet-50": (22.85, 6.71, "10 crops"),
+        "BN-Inception": (25.2, 7.82, "1 crop"), "Inception-v3": (21.2, 5.6, "1 crop, 299 px"),
+        "Inception-v4": (20.0, 5.0, "1 crop"), "Inception-ResNet-v1": (21.3, 5.5, "1 crop"),
+        "Inception-ResNet-v2": (19.9, 4.9, "1 crop")}
+    assert "10 crops" in ENTRIES["ResNet-34"].source
 
 
 @pytest.mark.parametrize("label", sorted(IMAGENET_REFERENCE))
@@ -157,11 +161,11 @@ def test_markdown_table_and_command(tmp_path, monkeypatch):
     monkeypatch.setenv("CNN_RESULTS_DIR", str(tmp_path))
     fake = _fake_models()
     monkeypatch.setattr(comparison, "ENTRIES", (
-        comparison.Entry("Tiny", "tiny", "01", 32, 64, 30.0, 10.0, "a paper"),
+        comparison.Entry("Tiny", "tiny", "01", 32, 64, errors=("resnet34.top1", "resnet34.top5")),
         comparison.Entry("Later", "later", "09", 96, None)))
     text = comparison.markdown_table(module=fake)
     assert text == comparison.markdown_table(module=fake), "deterministic"
-    assert "| Tiny | 01 | 32 | 90 | 0.000 | 64 | 5,112 | 0.000 | 30 / 10 (a paper) | not run |" in text
+    assert "| Tiny | 01 | 32 | 90 | 0.000 | 64 | 5,112 | 0.000 | 24.52 / 7.46 (He et al. 2016, ILSVRC-2012 validation set; 10 crops) | not run |" in text
     assert "| Later | 09 | 96 | not exported yet |" in text
     _history(0.5, profile="smoke").save(tmp_path / "histories" / "tiny-smoke.json")
     assert "not run" in comparison.markdown_table(module=fake).splitlines()[2]  # smoke excluded

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import config, profile, train
+from . import config, profile, references, train
 
 #: Profiles whose saved histories are looked for, the most trustworthy first.
 PROFILE_ORDER = ("full", "quick", "smoke")
@@ -38,9 +38,7 @@ class Entry:
     chapter: str               # "01" ... the chapter that defines it
     train_size: int            # Fashion-MNIST side in pixels (the chapter's full profile)
     imagenet_size: int | None  # the paper's ImageNet side; None: no ImageNet version
-    top1: float | None = None  # ImageNet single-model top-1 error, % (paper)
-    top5: float | None = None  # ImageNet top-5 error, %
-    source: str = ""           # where the errors come from
+    errors: tuple = (None, None)  # utils.references keys of the paper's top-1 / top-5 error
     history: str | None = None  # name the chapter saves its History under (default: factory)
     fashion_kwargs: dict = field(default_factory=dict)   # extra factory arguments, Fashion-MNIST
     imagenet_kwargs: dict = field(default_factory=dict)  # extra factory arguments, ImageNet
@@ -49,41 +47,72 @@ class Entry:
     def history_name(self) -> str:
         return self.history or self.factory
 
+    def _error(self, index):
+        key = self.errors[index]
+        return references.get(key) if key else None
 
-# Errors: ImageNet (ILSVRC-2012) validation, single crop unless the source says otherwise;
-# every number is from REFERENCES.md ("Papers"). A blank means REFERENCES.md has
-# no number for that model, not that the model has none.
+    @property
+    def top1(self) -> float | None:
+        """ImageNet top-1 error, % (the paper's), or None."""
+        ref = self._error(0)
+        return ref.value if ref else None
+
+    @property
+    def top5(self) -> float | None:
+        ref = self._error(1)
+        return ref.value if ref else None
+
+    @property
+    def source(self) -> str:
+        """Where the errors come from, with their evaluation protocol."""
+        refs = [r for r in (self._error(0), self._error(1)) if r]
+        if not refs:
+            return ""
+        return f"{refs[0].source.split(',')[0]}, {refs[0].protocol}"
+
+    @property
+    def protocol(self) -> str:
+        """The test-time protocol in a few words: '1 crop', '10 crops', 'dense', ..."""
+        refs = [r for r in (self._error(0), self._error(1)) if r]
+        return refs[0].protocol.split("; ")[-1].split(" (")[0] if refs else ""
+
+
+# Errors: the papers' ImageNet errors, read from utils.references (each with its source and
+# evaluation protocol: 1 crop, 10 crops, dense evaluation; these are not comparable with each
+# other exactly). A blank means the course quotes no error for that model.
 ENTRIES: tuple[Entry, ...] = (
     Entry("LeNet", "lenet", "01", 28, None),
     Entry("AlexNet (D2L)", "alexnet", "01", 224, 224),
-    Entry("AlexNet (paper layout)", "alexnet_paper", "01", 227, 227, 40.7, 18.2,
-          "Krizhevsky et al. 2012, ILSVRC-2012 val, 1 CNN"),
+    Entry("AlexNet (paper layout)", "alexnet_paper", "01", 227, 227,
+          errors=("alexnet.top1", "alexnet.top5")),
     Entry("VGG-11", "vgg11", "02", 224, 224),
     Entry("VGG-11 (1/4 width, D2L)", "vgg11", "02", 224, None, history="vgg11_w4",
           fashion_kwargs={"width_divisor": 4}),
     Entry("VGG-13", "vgg13", "02", 224, 224),
-    Entry("VGG-16", "vgg16", "02", 224, 224, 25.6, 8.1,
-          "Simonyan & Zisserman 2015, config D, multi-scale training"),
+    Entry("VGG-16", "vgg16", "02", 224, 224, errors=("vgg16.top1", "vgg16.top5")),
     Entry("VGG-19", "vgg19", "02", 224, 224),
     Entry("NiN", "nin", "03", 224, 224),
-    Entry("GoogLeNet", "googlenet", "04", 96, 224, None, 7.89,
-          "Szegedy et al. 2015, single model (top-5 only)"),
+    Entry("GoogLeNet", "googlenet", "04", 96, 224, errors=(None, "googlenet.top5.1crop")),
     Entry("BN-LeNet", "bn_lenet", "05", 28, None),
     Entry("BN-LeNet (nn.BatchNorm)", "bn_lenet_concise", "05", 28, None),
-    Entry("ResNet-18", "resnet18", "06", 96, 224),
+    Entry("ResNet-18", "resnet18", "06", 96, 224, errors=("resnet18.top1", None)),
     Entry("ResNet-18 (pre-activation)", "preact_resnet18", "06", 96, 224),
-    Entry("ResNet-34", "resnet34", "06", 96, 224, 24.19, 7.40, "He et al. 2016, 10-crop"),
-    Entry("ResNet-50", "resnet50", "06", 96, 224),
-    Entry("BN-Inception", "inception_bn", "07", 96, 224, 25.2, 7.82, "Ioffe & Szegedy 2015"),
+    Entry("ResNet-34", "resnet34", "06", 96, 224, errors=("resnet34.top1", "resnet34.top5")),
+    Entry("ResNet-50", "resnet50", "06", 96, 224, errors=("resnet50.top1", "resnet50.top5")),
+    Entry("BN-Inception", "inception_bn", "07", 96, 224,
+          errors=("bn_inception.top1", "bn_inception.top5")),
     # chapter 07 trains Inception-v3 at 79 px with a stride-1 stem and its auxiliary head;
     # the ImageNet count leaves the auxiliary head out, like the reference numbers
-    Entry("Inception-v3", "inception_v3", "07", 79, 299, 21.2, 5.6, "Szegedy et al. 2016",
+    Entry("Inception-v3", "inception_v3", "07", 79, 299,
+          errors=("inception_v3.top1", "inception_v3.top5"),
           fashion_kwargs={"stem_stride": 1, "stem_pool": False},
           imagenet_kwargs={"aux_logits": False}),
-    Entry("Inception-v4", "inception_v4", "07", 96, 299, 20.0, 5.0, "Szegedy et al. 2017"),
-    Entry("Inception-ResNet-v1", "inception_resnet_v1", "07", 96, 299),
-    Entry("Inception-ResNet-v2", "inception_resnet_v2", "07", 96, 299, 19.9, 4.9,
-          "Szegedy et al. 2017"),
+    Entry("Inception-v4", "inception_v4", "07", 96, 299,
+          errors=("inception_v4.top1", "inception_v4.top5")),
+    Entry("Inception-ResNet-v1", "inception_resnet_v1", "07", 96, 299,
+          errors=("inception_resnet_v1.top1", "inception_resnet_v1.top5")),
+    Entry("Inception-ResNet-v2", "inception_resnet_v2", "07", 96, 299,
+          errors=("inception_resnet_v2.top1", "inception_resnet_v2.top5")),
 )
 
 #: Functions of utils.models that look like factories but are not models of their own,
