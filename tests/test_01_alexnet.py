@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision
 
-from utils import profile
+from utils import plot, profile, references
 from utils.checks import InputSizeError
 from utils.models import AlexNet, alexnet, alexnet_paper, lenet
 
@@ -31,7 +31,7 @@ def test_alexnet_book_layout():
 def test_alexnet_paper_layout():
     with torch.device("meta"):
         net = alexnet_paper()
-    assert profile.count_params(net) == 62_378_344  # REFERENCES.md: paper layout, no groups
+    assert profile.count_params(net) == 62_378_344  # REFERENCES.md: alexnet.ungrouped.params (groups merged)
     assert net.classifier[1].in_features == 9216
     # MACs by hand: conv 105,415,200 + 447,897,600 + 149,520,384 + 224,280,576 + 149,520,384,
     # linear 37,748,736 + 16,777,216 + 4,096,000 = 1,135,256,096
@@ -61,3 +61,53 @@ def test_wrong_inputs_are_explained():
         lenet()(torch.zeros(1, 1, 64, 64))
     with pytest.raises(InputSizeError, match="unsqueeze"):
         lenet()(torch.zeros(1, 28, 28))
+
+
+def _alexnet_grouped():
+    """The paper's two-GPU network: conv2, conv4 and conv5 with groups=2 (as in the chapter)."""
+    net = alexnet_paper()
+    for i in (3, 8, 10):
+        old = net.features[i]
+        net.features[i] = torch.nn.Conv2d(old.in_channels, old.out_channels, old.kernel_size,
+                                          padding=old.padding, groups=2)
+    return net
+
+
+def _layers(module):
+    return [m for m in module.modules() if not list(m.children())]
+
+
+def test_alexnet_grouped_matches_references():
+    net = _alexnet_grouped()
+    assert profile.count_params(net) == references.value("alexnet.grouped.params") == 60_965_224
+    macs = profile.count_flops(net, (1, 3, 227, 227)) / 2
+    assert round(macs / 1e9, 3) == references.value("alexnet.grouped.gmacs")
+    assert profile.count_params(alexnet_paper()) == references.value("alexnet.ungrouped.params")
+
+
+def test_lenet_beside_alexnet_diagram():
+    lenet_model, alexnet_model = lenet(), alexnet()
+    diagram = plot.compare_architectures({"LeNet": (lenet_model, (1, 28, 28)),
+                                          "AlexNet": (alexnet_model, (1, 224, 224))})
+    assert len(diagram.parts) == 2
+    for part, model in enumerate((lenet_model, alexnet_model)):
+        assert diagram.layer_count(part) == len(_layers(model))  # every layer that runs
+        assert diagram.parallels(part) == [] and diagram.repeats(part) == []  # a plain chain
+    kinds = [box.kind for box, _ in diagram.boxes(1)]
+    assert kinds.count("Conv2d") == 5 and kinds.count("MaxPool2d") == 3
+    assert kinds.count("Linear") == 3 and kinds.count("Dropout") == 2
+    assert [box.kind for box, _ in diagram.boxes(0)].count("AvgPool2d") == 2
+    assert diagram.boxes(1)[-1][0].shape[-1] == 10
+
+
+def test_paper_layout_diagram_shows_the_groups():
+    grouped, merged = _alexnet_grouped(), alexnet_paper()
+    diagram = plot.compare_architectures({"Paper (2 groups)": (grouped, (3, 227, 227)),
+                                          "Groups merged": (merged, (3, 227, 227))})
+    for part, model in enumerate((grouped, merged)):
+        assert diagram.layer_count(part) == len(_layers(model))
+        assert diagram.parallels(part) == [] and diagram.repeats(part) == []
+    convs = [[box.text for box, _ in diagram.boxes(part) if box.kind == "Conv2d"] for part in (0, 1)]
+    assert [", g2" in text for text in convs[0]] == [False, True, False, True, True]
+    assert not any(", g2" in text for text in convs[1])
+    assert "9216" in " ".join(box.text for box, _ in diagram.boxes(1))
