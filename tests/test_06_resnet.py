@@ -149,3 +149,66 @@ def test_wrong_inputs_say_what_to_do():
         net(torch.randn(1, 1, 28, 28))
     with pytest.raises(InputSizeError, match="unsqueeze"):
         net(torch.randn(1, 96, 96))
+
+
+# ----------------------------------------------------------------- diagrams (section 3 and 4.1)
+def leaf_calls(module, input_shape):
+    """Number of leaf-module calls in one forward pass (a ReLU used twice counts twice)."""
+    calls = []
+    hooks = [m.register_forward_hook(lambda *_: calls.append(1))
+             for m in module.modules() if not list(m.children())]
+    with torch.no_grad():
+        module.eval()(torch.zeros(1, *input_shape))
+    for hook in hooks:
+        hook.remove()
+    return len(calls)
+
+
+def branch_lengths(diagram):
+    (parallel,) = diagram.parallels()
+    return sorted(len(branch.items) for branch in parallel.branches)
+
+
+def test_basic_block_diagrams():
+    from utils import plot
+    identity, projection = ResidualBlock(64, 64), ResidualBlock(64, 128, stride=2)
+    for block, shortcut in ((identity, 0), (projection, 2)):
+        diagram = plot.architecture(block, (64, 56, 56))
+        assert branch_lengths(diagram) == [shortcut, 5]  # conv-BN-ReLU-conv-BN beside the shortcut
+        assert diagram.layer_count() == leaf_calls(block, (64, 56, 56))
+        texts = [box.text for box, _ in diagram.boxes()]
+        assert texts[-1] == "ReLU" and ("Conv 1×1, s2" in texts) == bool(shortcut)
+    both = plot.compare_architectures({"Identity shortcut": (identity, (64, 56, 56)),
+                                       "Projection shortcut": (projection, (64, 56, 56))})
+    assert [title for title, _ in both.parts] == ["Identity shortcut", "Projection shortcut"]
+
+
+def test_bottleneck_diagram():
+    from utils import plot
+    block = BottleneckBlock(256, 64)
+    diagram = plot.architecture(block, (256, 56, 56), title="Bottleneck block")
+    assert block.downsample is None and branch_lengths(diagram) == [0, 8]
+    assert diagram.layer_count() == leaf_calls(block, (256, 56, 56)) == 9
+    shapes = [box.shape for box, _ in diagram.boxes() if box.kind == "Conv2d"]
+    assert shapes == [(64, 56, 56), (64, 56, 56), (256, 56, 56)]
+
+
+def test_resnet18_stage_diagram():
+    from utils import plot
+    net = resnet18()
+
+    def label(block, name):
+        conv = block.conv1
+        shortcut = "" if block.downsample is None else f", /{conv.stride[0]}, 1×1 projection"
+        return f"basic block {conv.in_channels}→{conv.out_channels}{shortcut}"
+
+    diagram = plot.architecture(net, (1, 96, 96), blocks=(ResidualBlock,), block_label=label)
+    blocks = [(box.text, box.shape, n) for box, n in diagram.boxes() if box.kind == "ResidualBlock"]
+    assert blocks[0] == ("basic block 64→64", (64, 24, 24), 2)  # stage 2: two identical blocks
+    assert [text for text, _, _ in blocks[1::2]] == [
+        f"basic block {c}→{2 * c}, /2, 1×1 projection" for c in (64, 128, 256)]
+    assert [shape for _, shape, _ in blocks] == [(64, 24, 24), (128, 12, 12), (128, 12, 12),
+                                                (256, 6, 6), (256, 6, 6), (512, 3, 3), (512, 3, 3)]
+    assert sum(n for _, _, n in blocks) == 8 and [r.times for r in diagram.repeats()] == [2]
+    # one box layer per distinct module: 4 stem + 8 blocks (5 each) + 3 projections (2) + pool + fc
+    assert diagram.layer_count() == sum(1 for m in net.modules() if not list(m.children())) == 52
