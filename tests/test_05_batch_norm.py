@@ -117,3 +117,23 @@ def test_bn_lenet_shapes_and_input_errors():
         bn_lenet()(torch.rand(2, 3, 28, 28))
     with pytest.raises(InputSizeError, match="resize=28"):
         bn_lenet()(torch.rand(2, 1, 32, 32))
+
+
+def test_lenet_vs_bn_lenet_diagram_places_one_batch_norm_after_each_layer_but_the_last():
+    from utils import plot
+    from utils.models import lenet
+
+    net = bn_lenet()
+    diagram = plot.compare_architectures({"LeNet": (lenet(), (1, 28, 28)), "BN-LeNet": (net, (1, 28, 28))})
+    kinds = [box.kind for box, _ in diagram.boxes(1)]
+    assert diagram.layer_count(1) == len(list(net.children())) == 16
+    assert kinds.count("BatchNorm") == 4 and kinds[-1] == "Linear"
+    weighted = [i for i, kind in enumerate(kinds) if kind in ("Conv2d", "Linear")]
+    assert len(weighted) == 5
+    for i in weighted[:-1]:  # conv1, conv2, fc1, fc2: BN right after, then the sigmoid
+        assert kinds[i + 1:i + 3] == ["BatchNorm", "Sigmoid"]
+    assert [box.owner for box, _ in diagram.boxes(1) if box.kind == "BatchNorm"] == [("bn1",), ("bn2",), ("bn3",), ("bn4",)]
+    assert [box.shape for box, _ in diagram.boxes(1) if box.kind == "BatchNorm"] == [(6, 24, 24), (16, 8, 8), (120,), (84,)]
+    lenet_kinds = [box.kind for box, _ in diagram.boxes(0)]
+    assert "BatchNorm" not in lenet_kinds and diagram.layer_count(0) == 12
+    assert [k for k in kinds if k != "BatchNorm"] == lenet_kinds
