@@ -1,11 +1,16 @@
-"""Chapter 03 (NiN): parameter counts, 1x1 conv == per-pixel linear, GAP, input sizes, errors."""
+"""Chapter 03 (NiN): parameter counts, 1x1 conv == per-pixel linear, GAP, input sizes, errors,
+diagrams, the untrained network's scores."""
+import math
+
 import pytest
 import torch
 from torch import nn
 
-from utils import profile
+from torch.nn import functional as F
+
+from utils import plot, profile, references, train
 from utils.checks import InputSizeError
-from utils.models import NiNBlock, alexnet, nin, nin_block, vgg11
+from utils.models import NiNBlock, VGGBlock, alexnet, nin, nin_block, vgg11
 
 
 def on_meta(factory, **kwargs):
@@ -79,3 +84,60 @@ def test_wrong_inputs_explain_what_to_do():
         net(torch.zeros(1, 1, 66, 66))
     with pytest.raises(InputSizeError, match="in_channels=3"):
         net(torch.zeros(1, 3, 96, 96))
+
+
+def _layers(module):
+    return [m for m in module.modules() if not list(m.children())]
+
+
+def test_nin_block_diagram():
+    block = nin_block(96, 256, kernel_size=5, strides=1, padding=2)
+    diagram = plot.architecture(block, (96, 26, 26), title="NiN block 2", horizontal=True)
+    boxes = [box for box, _ in diagram.boxes()][1:]  # after the input
+    assert diagram.layer_count() == len(_layers(block)) == 6
+    assert diagram.parallels() == [] and diagram.repeats() == []
+    assert [box.kind for box in boxes] == ["Conv2d", "ReLU"] * 3
+    assert [box.text for box in boxes if box.kind == "Conv2d"] == ["Conv 5×5, p2", "Conv 1×1", "Conv 1×1"]
+    assert all(box.shape == (256, 26, 26) for box in boxes)  # every layer keeps the shape
+
+
+def test_nin_beside_vgg11_diagram():
+    def label(block, name):
+        return f"{type(block).__name__} {name}"
+
+    models = (nin(), vgg11())
+    diagram = plot.compare_architectures({"NiN": (models[0], (1, 224, 224)),
+                                          "VGG-11": (models[1], (1, 224, 224))},
+                                         blocks=(NiNBlock, VGGBlock), block_label=label)
+    assert len(diagram.parts) == 2
+    for part, model in enumerate(models):
+        assert diagram.layer_count(part) == len(_layers(model))  # blocks count all inside
+        assert diagram.parallels(part) == [] and diagram.repeats(part) == []
+    nin_boxes, vgg_boxes = ([box for box, _ in diagram.boxes(part)] for part in (0, 1))
+    nin_kinds, vgg_kinds = [b.kind for b in nin_boxes], [b.kind for b in vgg_boxes]
+    assert nin_kinds.count("NiNBlock") == 4 and nin_kinds.count("MaxPool2d") == 3
+    assert all(b.layers == 6 for b in nin_boxes if b.kind == "NiNBlock")
+    assert "Linear" not in nin_kinds and nin_kinds[-2:] == ["AdaptiveAvgPool2d", "Flatten"]
+    assert vgg_kinds.count("VGGBlock") == 5 and vgg_kinds.count("Linear") == 3
+    assert [b.text for b in nin_boxes if b.kind == "NiNBlock"] == [
+        f"NiNBlock block{i}" for i in range(1, 5)]
+    assert nin_boxes[-3].shape == (10, 5, 5) and nin_boxes[-1].shape == vgg_boxes[-1].shape == (10,)
+
+
+def test_untrained_nin_starts_at_chance_with_dead_scores():
+    torch.manual_seed(0)
+    net = nin()
+    train.init_xavier(net)
+    with torch.no_grad():
+        scores = net.eval()(torch.rand(32, 1, 96, 96))
+    assert (scores >= 0).all() and (scores == 0).any()  # averages of ReLU outputs
+    loss = F.cross_entropy(scores, torch.randint(0, 10, (32,)))
+    assert abs(loss.item() - math.log(10)) < 0.1
+
+
+def test_book_results_quoted_in_the_chapter():
+    assert references.value("d2l.nin.test_acc") == 0.790
+    assert references.value("d2l.nin.train_acc") == 0.786
+    assert references.value("d2l.alexnet.test_acc") == 0.883
+    ratio = profile.count_params(on_meta(alexnet)) / profile.count_params(nin())
+    assert 23 <= ratio < 24  # "23 times fewer parameters"
