@@ -5,7 +5,7 @@ import torchvision
 from torch import nn
 from torchvision.models.googlenet import Inception as TorchvisionInception
 
-from utils import profile, train
+from utils import plot, profile, references, train
 from utils.checks import InputSizeError
 from utils.models import GOOGLENET_TABLE1, GoogLeNet, GoogLeNetAux, GoogLeNetConv, Inception, googlenet
 
@@ -70,10 +70,10 @@ def test_stage_shapes_at_96_and_224():
     assert shapes["fc"] == (1, 1000)
 
 
-# ----------------------------------------------------------------------------- the lecture's comparison
+# ----------------------------------------------------------------------------- the classic comparison
 
 def test_block_3a_against_single_convolutions():
-    # Lecture: 0.16M vs 0.44M vs 1.22M params, 128M vs 350M vs 900M "FLOPs" (multiply-adds).
+    # The usual quote: 0.16M vs 0.44M vs 1.22M params, 128M vs 350M vs 900M "FLOPs" (multiply-adds).
     # REFERENCES.md: block 3a has 163,696 params with biases, 163,328 without, 128M multiply-adds.
     block = Inception(192, *GOOGLENET_TABLE1["3a"])
     weights = sum(p.numel() for n, p in block.named_parameters() if n.endswith("weight"))
@@ -82,12 +82,12 @@ def test_block_3a_against_single_convolutions():
     conv3 = nn.Conv2d(192, 256, 3, padding=1)
     conv5 = nn.Conv2d(192, 256, 5, padding=2)
     assert conv3.weight.numel() == 442_368 and conv5.weight.numel() == 1_228_800
-    assert macs(conv3, (1, 192, 28, 28)) == 346_816_512   # the lecture's "350M"
-    assert macs(conv5, (1, 192, 28, 28)) == 963_379_200   # the lecture's "900M"
+    assert macs(conv3, (1, 192, 28, 28)) == 346_816_512   # the quoted "350M"
+    assert macs(conv5, (1, 192, 28, 28)) == 963_379_200   # the quoted "900M"
     assert round(profile.count_params(block) / 1e6, 2) == 0.16
     assert round(conv3.weight.numel() / 1e6, 2) == 0.44
     assert int(conv5.weight.numel() / 1e4) / 100 == 1.22
-    # The lecture's "FLOPs" are multiply-adds, rounded: 128M, 350M, 900M.
+    # The quoted "FLOPs" are multiply-adds, rounded: 128M, 350M, 900M.
     assert round(128_049_152 / 1e6) == 128
     assert round(346_816_512 / 1e7) * 10 == 350
     assert 963_379_200 // 10**8 * 100 == 900
@@ -165,3 +165,51 @@ def test_wrong_channels_say_how_to_build():
         googlenet()(torch.zeros(1, 3, 96, 96))
     with pytest.raises(InputSizeError, match="batch"):
         googlenet()(torch.zeros(1, 96, 96))
+
+
+# ----------------------------------------------------------------------------- diagrams
+
+def _label(block, name):
+    return f"Inception {name.removeprefix('inception')}"
+
+
+def test_inception_block_diagram():
+    # Block 3a: four branches joined by one Concat; every layer of the block drawn once.
+    block = Inception(192, *GOOGLENET_TABLE1["3a"])
+    diagram = plot.architecture(block, (192, 28, 28), title="Inception block 3a")
+    (fork,) = diagram.parallels()
+    assert len(fork.branches) == 4
+    kinds = [[box.kind for box in branch.items] for branch in fork.branches]
+    assert kinds == [["Conv2d", "ReLU"], ["Conv2d", "ReLU", "Conv2d", "ReLU"],
+                     ["Conv2d", "ReLU", "Conv2d", "ReLU"], ["MaxPool2d", "Conv2d", "ReLU"]]
+    assert [branch.items[-1].shape[0] for branch in fork.branches] == [64, 128, 32, 32]
+    boxes = [box for box, _ in diagram.boxes()]
+    assert sum(box.text == "Concat" for box in boxes) == 1 and boxes[-1].shape == (256, 28, 28)
+    # 6 convolutions, 6 ReLUs and the pool
+    assert diagram.layer_count() == 13 == sum(1 for m in block.modules() if not list(m.children()))
+
+
+def test_googlenet_diagram_with_auxiliary_heads():
+    net = googlenet(aux_logits=True)
+    diagram = plot.architecture(net, (1, 96, 96), blocks=(Inception,), training=True,
+                                block_label=_label)
+    counted = [(box, n) for box, n in diagram.boxes() if box.kind == "Inception"]
+    assert sum(n for _, n in counted) == 9
+    assert [box.text for box, _ in counted] == [_label(None, f"inception{k}") for k in GOOGLENET_TABLE1]
+    # two forks in training mode: after 4a (aux1) and after 4d (aux2), each head starting with its pool
+    forks = diagram.parallels()
+    assert len(forks) == 2 and all(len(fork.branches) == 2 for fork in forks)
+    heads = [fork.branches[0].items[0].owner[0] for fork in forks]
+    assert heads == ["aux1", "aux2"]
+    # in evaluation mode the heads do not run, so the diagram has no fork
+    plain = plot.architecture(net, (1, 96, 96), blocks=(Inception,), training=False)
+    assert plain.parallels() == [] and sum(n for b, n in plain.boxes() if b.kind == "Inception") == 9
+    assert diagram.layer_count() - plain.layer_count() == 2 * 7
+
+
+def test_top5_references_name_their_protocol():
+    assert references.value("googlenet.top5.1crop") == 10.07
+    assert references.value("googlenet.top5.10crop") == 9.15
+    assert references.value("googlenet.top5.144crop") == 7.89
+    assert references.value("googlenet.top5.ensemble") == 6.67
+    assert "144 crops" in references.get("googlenet.top5.ensemble").protocol

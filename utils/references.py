@@ -212,6 +212,9 @@ REFERENCES: tuple[Reference, ...] = (
               "Szegedy et al. 2017, Sec. 3.3", "papers"),
     Reference("inception_resnet.scale_high", 0.3, "", "residual scaling, upper end",
               "Szegedy et al. 2017, Sec. 3.3", "papers"),
+    Reference("googlenet.top5.ensemble", 6.67, "% top-5 error", "GoogLeNet, 7 models",
+              "Szegedy et al. 2015, Tables 2 and 3", "errors",
+              "ILSVRC-2014 test set; 7 models x 144 crops"),
     # ----------------------------------------------------------------- arithmetic
     Reference("vgg.fc6.weights", 102_760_448, "weights", "VGG's first FC layer, 512*7*7*4096",
               "arithmetic", "arithmetic"),
