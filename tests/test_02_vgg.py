@@ -4,9 +4,9 @@ import torch
 import torchvision
 from torch import nn
 
-from utils import profile
+from utils import plot, profile, references
 from utils.checks import InputSizeError
-from utils.models import VGG_CONFIGS, vgg, vgg11, vgg13, vgg16, vgg19, vgg_block
+from utils.models import VGG_CONFIGS, VGGBlock, vgg, vgg11, vgg13, vgg16, vgg19, vgg_block
 
 IMAGENET = (1, 3, 224, 224)
 
@@ -45,7 +45,7 @@ def test_configuration_c_has_1x1_convolutions():
 
 
 def test_first_fully_connected_layer_of_vgg16():
-    # REFERENCES.md: 512*7*7*4096 = 102,760,448 (the lecture's 100,112,896 is a slip).
+    # REFERENCES.md: 512*7*7*4096 = 102,760,448.
     fc6 = on_meta(vgg16, num_classes=1000, in_channels=3).classifier[1]
     assert fc6.weight.numel() == 512 * 7 * 7 * 4096 == 102_760_448
 
@@ -94,3 +94,39 @@ def test_wrong_inputs_explain_what_to_do():
         net(torch.zeros(1, 3, 64, 64))
     with pytest.raises(InputSizeError, match="unsqueeze"):
         net(torch.zeros(1, 64, 64))
+
+
+def test_block_diagram_matches_the_block():
+    block = vgg_block(2, 64, 128)
+    diagram = plot.architecture(block, (64, 56, 56), title="VGG block")
+    assert diagram.layer_count() == len(block) == 5  # conv, ReLU, conv, ReLU, pool
+    assert diagram.parallels() == [] and diagram.repeats() == []
+    kinds = [box.kind for box, _ in diagram.boxes()]
+    assert kinds == ["input", "Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d"]
+    assert diagram.boxes()[-1][0].shape == (128, 28, 28)  # only the pool halves the side
+
+
+def test_vgg11_diagram_one_box_per_block():
+    net = vgg11(num_classes=1000, in_channels=3)
+    diagram = plot.architecture(net, (3, 224, 224), blocks=(VGGBlock,),
+                                block_label=lambda block, name: f"{len(block)} layers")
+    boxes = [box for box, _ in diagram.boxes()]
+    block_boxes = [box for box in boxes if box.kind == "VGGBlock"]
+    assert len(block_boxes) == len(VGG_CONFIGS["A"]) == 5
+    assert [box.shape for box in block_boxes] == [(64, 112, 112), (128, 56, 56), (256, 28, 28),
+                                                  (512, 14, 14), (512, 7, 7)]
+    assert [box.layers for box in block_boxes] == [len(block) for block in net.features]
+    layers = sum(len(block) for block in net.features) + 1 + len(net.classifier)
+    assert diagram.layer_count() == layers == 30
+    assert sum(box.kind == "Linear" for box in boxes) == 3
+
+
+def test_vgg_errors_compare_like_with_like():
+    # Simonyan & Zisserman 2015, Table 3: dense evaluation, one test scale, validation set.
+    fixed = [references.value(k) for k in ("vgg11.top1", "vgg13.top1", "vggC.s256.top1",
+                                           "vgg16.s256.top1", "vgg19.s256.top1")]
+    assert fixed == [29.6, 28.7, 28.1, 27.0, 27.3]
+    jittered = [references.value(k) for k in ("vggC.top1", "vgg16.top1", "vgg19.top1")]
+    assert jittered == [27.3, 25.6, 25.5]
+    for key in ("vgg11.top1", "vgg16.s256.top1", "vgg19.top1"):
+        assert "dense" in references.get(key).protocol and "validation" in references.get(key).protocol
