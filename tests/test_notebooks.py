@@ -86,3 +86,35 @@ def test_requirements_are_ranges_that_admit_this_machine():
     text = (REPO_ROOT / "requirements.txt").read_text()
     assert "==" not in text, "use ranges, not pins"
     assert "d2l" not in _requirement_names(text.splitlines()), "d2l stays optional"
+
+
+# A lesson speaks about its subject only: not about the notes it was written from, the
+# machine or date of a run, or what was tried while writing it.
+WORKING_NOTES = re.compile(
+    r"seed's|\bthe seeds\b|lecture(?!r)|transcript|source article|December 2026|EPYC|2-core"
+    r"|this environment|no GPU was|we tried|our trials?\b|REFERENCE\.md", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_lessons_contain_no_working_notes(path):
+    notebook = nbformat.read(path, as_version=4)
+    found = [f"cell {index}: {match.group(0)!r}" for index, cell in enumerate(notebook.cells)
+             for match in WORKING_NOTES.finditer(cell.source)]
+    assert not found, f"{path.name} speaks about how it was made: {found}"
+
+
+# Chapters whose model cells are still longer than 25 lines (being split into block, builder
+# and factories). Strict: once a chapter complies, this test fails until it leaves the list.
+LONG_CELLS_PENDING = {"06_resnet.ipynb", "07_inception_v2_v3.ipynb",
+                      "07_inception_v4_resnet.ipynb", "08_structural_tweaks.ipynb",
+                      "09_competition.ipynb"}
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="cells not split yet"))
+    if p.name in LONG_CELLS_PENDING else p for p in NOTEBOOKS], ids=lambda p: p.name)
+def test_code_cells_are_at_most_25_lines(path):
+    notebook = nbformat.read(path, as_version=4)
+    long = [index for index, cell in enumerate(notebook.cells)
+            if cell.cell_type == "code" and len(cell.source.splitlines()) > 25]
+    assert not long, f"{path.name}: code cells over 25 lines: {long}"

@@ -33,13 +33,11 @@ class LeNet(nn.Module):
             nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(),
             nn.AvgPool2d(kernel_size=2, stride=2))
         self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(),
+            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(),
             nn.Linear(120, 84), nn.Sigmoid(),
             nn.Linear(84, num_classes))
 
     def forward(self, x):
-        # Its first linear layer fixes the input: sides 28 to 31 all end in 5x5 maps.
         check_images(x, model="LeNet", in_channels=self.in_channels, sizes=(28, 31))
         return self.classifier(self.features(x))
 
@@ -49,48 +47,64 @@ def lenet(num_classes=10, in_channels=1):
     return LeNet(num_classes, in_channels)
 
 
-class AlexNet(nn.Module):
-    """AlexNet: five convolutions (11x11/4, 5x5, three 3x3), three max pools, three linear layers.
+def features_output_side(features, side):
+    """Side of the last feature map of `features` for a square input of `side` pixels."""
+    for layer in features:
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+            k, s, p = (layer.kernel_size, layer.stride, layer.padding)
+            k, s, p = (v[0] if isinstance(v, tuple) else v for v in (k, s, p))
+            side = conv_output_side(side, k, s, p)
+    return side
 
-    `conv_channels` and `first_padding` select a layout; `pool_to` adds torchvision's
-    adaptive average pooling to a fixed grid (then any large enough input works).
-    """
+
+def alexnet_features(in_channels, conv_channels=(96, 256, 384, 384, 256), first_padding=1):
+    """Five convolutions (11x11/4, 5x5, three 3x3) with ReLU, and three 3x3/2 max pools."""
+    c1, c2, c3, c4, c5 = conv_channels
+    return nn.Sequential(
+        nn.Conv2d(in_channels, c1, kernel_size=11, stride=4, padding=first_padding), nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(c1, c2, kernel_size=5, padding=2), nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(c2, c3, kernel_size=3, padding=1), nn.ReLU(),
+        nn.Conv2d(c3, c4, kernel_size=3, padding=1), nn.ReLU(),
+        nn.Conv2d(c4, c5, kernel_size=3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2))
+
+
+def alexnet_classifier(in_features, hidden=4096, num_classes=10, dropout=0.5):
+    """Flatten, two linear layers of `hidden` units with ReLU and dropout, then the scores."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes))
+
+
+def accepted_sides(features, side, pooled=False):
+    """Smallest and largest input side giving a final map of `side` (pooled: any map >= 1)."""
+    valid = [n for n in range(16, 1024)
+             if (features_output_side(features, n) >= 1 if pooled
+                 else features_output_side(features, n) == side)]
+    return valid[0], (10**6 if pooled else valid[-1])
+
+
+class AlexNet(nn.Module):
+    """AlexNet. `conv_channels` and `first_padding` select a layout; `pool_to` adds torchvision's
+    adaptive average pooling to a fixed grid (then any large enough input works)."""
 
     def __init__(self, num_classes=10, in_channels=1, conv_channels=(96, 256, 384, 384, 256),
                  first_padding=1, input_size=224, pool_to=None, hidden=4096, dropout=0.5):
         super().__init__()
-        c1, c2, c3, c4, c5 = conv_channels
-        self.in_channels, self.pool_to = in_channels, pool_to
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c1, kernel_size=11, stride=4, padding=first_padding), nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(c1, c2, kernel_size=5, padding=2), nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(c2, c3, kernel_size=3, padding=1), nn.ReLU(),
-            nn.Conv2d(c3, c4, kernel_size=3, padding=1), nn.ReLU(),
-            nn.Conv2d(c4, c5, kernel_size=3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2))
+        self.in_channels, self.pool_to, self.input_size = in_channels, pool_to, input_size
+        self.features = alexnet_features(in_channels, conv_channels, first_padding)
         self.avgpool = nn.AdaptiveAvgPool2d(pool_to) if pool_to else nn.Identity()
         side = pool_to or self.feature_side(input_size)
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(c5 * side * side, hidden), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden, num_classes))
-        # Input sides that give the same final map as `input_size` (or survive, with pool_to).
-        valid = [n for n in range(16, 1024)
-                 if (self.feature_side(n) >= 1 if pool_to else self.feature_side(n) == side)]
-        self.input_sizes = (valid[0], valid[-1] if not pool_to else 10**6)
-        self.input_size = input_size
+        self.classifier = alexnet_classifier(conv_channels[-1] * side * side, hidden,
+                                             num_classes, dropout)
+        self.input_sizes = accepted_sides(self.features, side, pooled=bool(pool_to))
 
     def feature_side(self, side):
-        """Side of the last feature map for a square input of `side` pixels."""
-        for layer in self.features:
-            if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
-                k, s, p = (layer.kernel_size, layer.stride, layer.padding)
-                k, s, p = (v[0] if isinstance(v, tuple) else v for v in (k, s, p))
-                side = conv_output_side(side, k, s, p)
-        return side
+        return features_output_side(self.features, side)
 
     def forward(self, x):
         lo, hi = self.input_sizes
@@ -140,6 +154,15 @@ VGG_CONFIGS = {
 }
 
 
+def vgg_classifier(in_features, num_classes, hidden=4096, dropout=0.5):
+    """VGG's head, AlexNet's: flatten, fc 4096 + ReLU + dropout twice, then the classes."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes))
+
+
 class VGG(nn.Module):
     """VGG: VGG blocks from a configuration, adaptive pooling to 7x7, fc 4096-4096-classes."""
 
@@ -155,11 +178,7 @@ class VGG(nn.Module):
             channels = out_channels
         self.features = nn.Sequential(*blocks)
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))  # torchvision's; identity at 224x224
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(channels * 7 * 7, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(hidden, num_classes))
+        self.classifier = vgg_classifier(channels * 7 * 7, num_classes, hidden, dropout)
 
     def forward(self, x):
         # Five 2x2 pools divide the side by 32: smaller inputs would vanish.
@@ -307,48 +326,60 @@ class GoogLeNetAux(nn.Module):
         return self.fc2(self.dropout(F.relu(self.fc1(x))))
 
 
+def googlenet_stem(in_channels):
+    """GoogLeNet's stem (conv1, maxpool1, conv2, conv3, maxpool2): 192 channels at 1/8 size."""
+    return (GoogLeNetConv(in_channels, 64, kernel_size=7, stride=2, padding=3),
+            nn.MaxPool2d(3, stride=2, padding=1), GoogLeNetConv(64, 64, kernel_size=1),
+            GoogLeNetConv(64, 192, kernel_size=3, padding=1), nn.MaxPool2d(3, stride=2, padding=1))
+
+
+def add_inception_stages(net, channels, table, wide_kernel):
+    """Add the Inception blocks of ``table`` to ``net`` (a max pool after 3b and 4e, which
+    end stages 3 and 4); return the channels of the last block."""
+    for name, cfg in table.items():
+        block = Inception(channels, *cfg, wide_kernel=wide_kernel)
+        net.add_module(f"inception{name}", block)
+        channels = block.out_channels
+        if name in ("3b", "4e"):
+            net.add_module(f"maxpool{name[0]}", nn.MaxPool2d(3, stride=2, padding=1))
+    return channels
+
+
+def googlenet_features(net, x):
+    """Run GoogLeNet ``net`` up to its global pool: (features, aux1 logits, aux2 logits); the
+    auxiliary heads run only in training mode."""
+    check_images(x, model="GoogLeNet", in_channels=net.in_channels, min_size=net.min_size,
+                 preferred=96)
+    x = net.maxpool2(net.conv3(net.conv2(net.maxpool1(net.conv1(x)))))
+    x = net.inception4a(net.maxpool3(net.inception3b(net.inception3a(x))))
+    use_aux = net.aux1 is not None and net.training
+    aux1 = net.aux1(x) if use_aux else None
+    x = net.inception4d(net.inception4c(net.inception4b(x)))
+    aux2 = net.aux2(x) if use_aux else None
+    x = net.inception5b(net.inception5a(net.maxpool4(net.inception4e(x))))
+    return net.avgpool(x), aux1, aux2
+
+
 class GoogLeNet(nn.Module):
     """GoogLeNet (Inception v1): a stem, nine Inception blocks, global average pooling, one FC."""
-
     min_size = 32  # the total stride: one position of the last map per 32x32 patch
 
     def __init__(self, num_classes=10, in_channels=1, *, aux_logits=False, dropout=0.0,
                  wide_kernel=5, table=GOOGLENET_TABLE1):
         super().__init__()
         self.in_channels = in_channels
-        self.conv1 = GoogLeNetConv(in_channels, 64, kernel_size=7, stride=2, padding=3)
-        self.maxpool1 = nn.MaxPool2d(3, stride=2, padding=1)
-        self.conv2 = GoogLeNetConv(64, 64, kernel_size=1)
-        self.conv3 = GoogLeNetConv(64, 192, kernel_size=3, padding=1)
-        self.maxpool2 = nn.MaxPool2d(3, stride=2, padding=1)
-        channels = 192
-        for name, cfg in table.items():
-            block = Inception(channels, *cfg, wide_kernel=wide_kernel)
-            self.add_module(f"inception{name}", block)
-            channels = block.out_channels
-            if name in ("3b", "4e"):  # the last block of stages 3 and 4 is followed by a pool
-                self.add_module(f"maxpool{name[0]}", nn.MaxPool2d(3, stride=2, padding=1))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
+        self.conv1, self.maxpool1, self.conv2, self.conv3, self.maxpool2 = googlenet_stem(in_channels)
+        channels = add_inception_stages(self, 192, table, wide_kernel)
+        self.avgpool, self.dropout = nn.AdaptiveAvgPool2d(1), nn.Dropout(dropout)
         self.fc = nn.Linear(channels, num_classes)
-        self.aux1 = GoogLeNetAux(self.inception4a.out_channels, num_classes) if aux_logits else None
-        self.aux2 = GoogLeNetAux(self.inception4d.out_channels, num_classes) if aux_logits else None
+        self.aux1, self.aux2 = ((GoogLeNetAux(self.inception4a.out_channels, num_classes),
+                                 GoogLeNetAux(self.inception4d.out_channels, num_classes))
+                                if aux_logits else (None, None))
 
     def forward(self, x):
-        check_images(x, model="GoogLeNet", in_channels=self.in_channels, min_size=self.min_size,
-                     preferred=96)
-        x = self.maxpool1(self.conv1(x))
-        x = self.maxpool2(self.conv3(self.conv2(x)))
-        x = self.maxpool3(self.inception3b(self.inception3a(x)))
-        x = self.inception4a(x)
-        use_aux = self.aux1 is not None and self.training
-        aux1 = self.aux1(x) if use_aux else None
-        x = self.inception4d(self.inception4c(self.inception4b(x)))
-        aux2 = self.aux2(x) if use_aux else None
-        x = self.maxpool4(self.inception4e(x))
-        x = self.inception5b(self.inception5a(x))
-        x = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
-        return (x, aux1, aux2) if use_aux else x
+        x, aux1, aux2 = googlenet_features(self, x)
+        x = self.fc(self.dropout(torch.flatten(x, 1)))
+        return (x, aux1, aux2) if aux1 is not None else x
 
 
 def googlenet(num_classes=10, in_channels=1, aux_logits=False, dropout=0.0, wide_kernel=5):
@@ -359,12 +390,18 @@ def googlenet(num_classes=10, in_channels=1, aux_logits=False, dropout=0.0, wide
 
 # ------------------------------ 05_batch_norm.ipynb
 
+def update_running_stats(running_mean, running_var, mean, var, n, momentum):
+    """running = (1 - momentum) * running + momentum * batch, with the unbiased batch variance."""
+    with torch.no_grad():                          # the running statistics are not trained
+        return ((1 - momentum) * running_mean + momentum * mean,
+                (1 - momentum) * running_var + momentum * var * n / (n - 1))
+
+
 def batch_norm(X, gamma, beta, running_mean, running_var, *, training, momentum=0.1, eps=1e-5):
     """Normalize X, shaped (N, C) or (N, C, H, W), per feature/channel (axis 1).
 
-    Returns (Y, running_mean, running_var). In training the batch statistics are used and the
-    running ones updated as PyTorch does: running = (1 - momentum) * running + momentum * batch,
-    with the unbiased batch variance; in inference the running statistics are used unchanged.
+    Returns (Y, running_mean, running_var): in training the batch statistics normalize X and the
+    running ones are updated (update_running_stats); in inference the running ones are used.
     """
     if X.dim() not in (2, 4):
         raise ValueError(f"batch_norm expects (N, C) or (N, C, H, W) input, got shape {tuple(X.shape)}")
@@ -378,9 +415,7 @@ def batch_norm(X, gamma, beta, running_mean, running_var, *, training, momentum=
                              f"input {tuple(X.shape)}: use a batch of 2 or more, or call .eval() to predict")
         mean = X32.mean(dim=reduce_dims)
         var = X32.var(dim=reduce_dims, correction=0)   # biased: the batch is normalized with this
-        with torch.no_grad():                          # the running statistics are not trained
-            running_mean = (1 - momentum) * running_mean + momentum * mean
-            running_var = (1 - momentum) * running_var + momentum * var * n / (n - 1)
+        running_mean, running_var = update_running_stats(running_mean, running_var, mean, var, n, momentum)
     else:
         mean, var = running_mean, running_var
     X_hat = (X32 - mean.view(per_channel)) / torch.sqrt(var.view(per_channel) + eps)

@@ -44,7 +44,6 @@ if str(ROOT) not in sys.path:
 # Colab wipes /content when it recycles a runtime; to keep checkpoints and results on Drive, uncomment:
 # from google.colab import drive; drive.mount("/content/drive"); os.environ["CNN_RESULTS_DIR"] = "/content/drive/MyDrive/modern-cnns-results"
 from utils import config
-
 config.describe()'''
 
 
