@@ -149,3 +149,10 @@ def test_structure_without_drawing():
     root = structure(models.googlenet().inception3a, (192, 28, 28))
     assert isinstance(root.items[1], Parallel) and isinstance(root.items[2], Box)
     assert torch.is_grad_enabled()
+
+
+def test_blocks_with_the_same_label_and_shape_but_other_layers_are_not_collapsed():
+    net = models.resnet18()  # each later stage: a block with a projection, then a plain block
+    diagram = plot.architecture(net, (1, 96, 96), blocks=(models.ResidualBlock,))
+    assert [r.times for r in diagram.repeats()] == [2]  # only stage 1's two identical blocks
+    assert diagram.layer_count() == leaf_count(net)

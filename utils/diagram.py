@@ -38,6 +38,7 @@ class Box:
     shape: tuple | None        # output shape without the batch dimension
     owner: tuple = ()          # module path the box belongs to, as components
     layers: int = 1            # layers this box stands for (a block drawn whole: all of them)
+    fingerprint: str = ""      # the module's full configuration: equal boxes are equal layers
 
     @property
     def label(self) -> str:
@@ -197,9 +198,10 @@ def _box_for(node, graph_module, block_label) -> Box | None:
         sub = graph_module.get_submodule(node.target)
         owner = tuple(node.target.split("."))
         if next(sub.children(), None) is None:
-            return Box(type(sub).__name__, layer_text(sub), shape, owner)
+            return Box(type(sub).__name__, layer_text(sub), shape, owner, 1, repr(sub))
         leaves = sum(1 for m in sub.modules() if next(m.children(), None) is None)
-        return Box(type(sub).__name__, block_label(sub, owner[-1]), shape, owner, leaves)
+        return Box(type(sub).__name__, block_label(sub, owner[-1]), shape, owner, leaves,
+                   repr(sub))
     kind, text = _function_box(node)
     layers = 0 if kind in ("concat", "add", "scale", "Flatten") else 1
     return Box(kind, text, shape, _owner(node) + (f"<{node.name}>",), layers)
@@ -331,7 +333,7 @@ def _children(item):
 def signature(item):
     """What makes two drawn parts the same: kinds, settings and shapes, not module names."""
     if isinstance(item, Box):
-        return (item.kind, item.text, item.shape)
+        return (item.kind, item.text, item.shape, item.fingerprint)
     if isinstance(item, Series):
         return tuple(signature(i) for i in item.items)
     if isinstance(item, Parallel):
