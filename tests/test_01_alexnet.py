@@ -111,3 +111,20 @@ def test_paper_layout_diagram_shows_the_groups():
     assert [", g2" in text for text in convs[0]] == [False, True, False, True, True]
     assert not any(", g2" in text for text in convs[1])
     assert "9216" in " ".join(box.text for box, _ in diagram.boxes(1))
+
+
+def test_decade_table_growth():
+    """D2L Table 1.5.1, 1970 -> 2020: data and compute x10^10 each, memory only x10^8."""
+    def growth(kind):
+        return references.value(f"decade.2020.{kind}") / references.value(f"decade.1970.{kind}")
+
+    assert [round(growth(k)) for k in ("data", "memory", "compute")] == [10**10, 10**8, 10**10]
+    for year in (1970, 2020):  # while compute per sample stays at 1,000 FLOPS
+        assert references.value(f"decade.{year}.compute") / references.value(f"decade.{year}.data") == 1e3
+
+
+def test_conv1_filter_grid_has_one_image_per_filter():
+    weight = alexnet().features[0].weight
+    assert weight.shape == (96, 1, 11, 11)
+    figure = plot.filters(weight, columns=16)
+    assert len(figure.axes) == 96 and all(len(ax.images) == 1 for ax in figure.axes)

@@ -69,3 +69,15 @@ def test_live_plot_draws_nothing_until_asked_and_displays_once(monkeypatch):
     assert not live.update([(0.1, 1.0, 0.5)])  # 1 s in: a draw would exceed 4%
     assert live.update([(0.2, 1.0, 0.5)], force=True) and live.update([(0.3, 1.0, 0.5)], force=True)
     assert len(shown) == 2 and live.cost == pytest.approx(0.2)
+
+
+def test_filters_draws_one_image_per_filter():
+    import torch
+
+    figure = plot.filters(torch.randn(96, 1, 11, 11), columns=16)
+    assert len(figure.axes) == 96 and sum(len(ax.images) for ax in figure.axes) == 96
+    colour = plot.filters(torch.randn(10, 3, 5, 5), columns=4)  # 3 rows, 2 empty places
+    images = [image for ax in colour.axes for image in ax.images]
+    assert len(colour.axes) == 12 and len(images) == 10
+    assert images[0].get_array().shape == (5, 5, 3)
+    assert all(0 <= image.get_array().min() and image.get_array().max() <= 1 for image in images)

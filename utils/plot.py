@@ -185,6 +185,25 @@ def line_plot(series: dict, *, xlabel: str, ylabel: str, title: str | None = Non
     return figure
 
 
+def filters(weight, columns: int = 16, *, title: str | None = None):
+    """Each filter of a convolution weight ``(out, in, k, k)`` as a small image, normalised to
+    [0, 1] on its own; 3 input channels are drawn in colour, any other number as their mean."""
+    w = weight.detach().float().cpu()
+    if w.shape[1] != 3:
+        w = w.mean(dim=1, keepdim=True)
+    low, high = w.amin(dim=(1, 2, 3), keepdim=True), w.amax(dim=(1, 2, 3), keepdim=True)
+    w = ((w - low) / (high - low).clamp_min(1e-12)).permute(0, 2, 3, 1).numpy()
+    rows = -(-len(w) // columns)
+    figure = Figure(figsize=(0.45 * columns, 0.45 * rows + (0.3 if title else 0)), layout="constrained")
+    for i, ax in enumerate(figure.subplots(rows, columns, squeeze=False).flat):
+        ax.set_axis_off()
+        if i < len(w):
+            ax.imshow(w[i] if w.shape[-1] == 3 else w[i, :, :, 0], cmap="gray", vmin=0, vmax=1)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
 def save_figure(figure, name: str) -> Path:
     """Save ``figure`` as ``results/figures/<name>.png`` and return the path."""
     path = config.results_dir() / "figures" / f"{name}.png"
