@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from utils.weights import copy_weights_by_position
 from utils import profile
 from utils.checks import InputSizeError
 from utils.models import (InceptionResNetA, InceptionResNetB, InceptionResNetC,
@@ -40,15 +41,6 @@ def batch_norm_outputs(net, shape):
     for hook in hooks:
         hook.remove()
     return sum(sizes)
-
-
-def copy_weights_by_position(source, target):
-    source_state, target_state = source.state_dict(), target.state_dict()
-    assert len(source_state) == len(target_state)
-    pairs = list(zip(source_state, target_state))
-    for s, t in pairs:
-        assert source_state[s].shape == target_state[t].shape, (s, t)
-    target.load_state_dict({t: source_state[s] for s, t in pairs})
 
 
 @pytest.mark.parametrize("factory, timm_name, params, flops, gmacs", [
