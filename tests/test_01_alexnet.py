@@ -128,3 +128,14 @@ def test_conv1_filter_grid_has_one_image_per_filter():
     assert weight.shape == (96, 1, 11, 11)
     figure = plot.filters(weight, columns=16)
     assert len(figure.axes) == 96 and all(len(ax.images) == 1 for ax in figure.axes)
+
+
+def test_accepted_sides_searches_the_sides_that_fit_the_linear_layer():
+    from utils.checks import accepted_sides
+    net = alexnet()
+    assert accepted_sides(net.feature_side, 5) == net.input_sizes == (193, 224)
+    assert net.feature_side(192) == 4 and net.feature_side(225) == 6
+    assert net.feature_side(64) == 0 and net.feature_side(65) == 1
+    assert accepted_sides(net.feature_side, 5, pooled=True) == (65, 10**6)
+    with pytest.raises(ValueError, match="no input side from 8 to 1023 gives a 1000x1000 feature map"):
+        accepted_sides(net.feature_side, 1000)

@@ -7,7 +7,8 @@ from torch import nn
 
 from utils import profile
 from utils.checks import InputSizeError
-from utils.models import BatchNorm, BNLeNet, batch_norm, bn_lenet, bn_lenet_concise
+from utils import plot
+from utils.models import BatchNorm, BNLeNet, NiN, batch_norm, bn_lenet, bn_lenet_concise, nin_bn, nin_bn_block
 
 # D2L's BN-LeNet (Fashion-MNIST, 1 channel, 10 classes, no padding in conv1), counted by hand:
 # conv1 156 + bn 12 + conv2 2,416 + bn 32 + fc1 30,840 + bn 240 + fc2 10,164 + bn 168 + fc3 850.
@@ -137,3 +138,23 @@ def test_lenet_vs_bn_lenet_diagram_places_one_batch_norm_after_each_layer_but_th
     lenet_kinds = [box.kind for box, _ in diagram.boxes(0)]
     assert "BatchNorm" not in lenet_kinds and diagram.layer_count(0) == 12
     assert [k for k in kinds if k != "BatchNorm"] == lenet_kinds
+
+
+def test_nin_bn_has_one_batch_norm_after_every_convolution():
+    net = nin_bn()
+    assert isinstance(net, NiN)
+    layers = list(net.modules())
+    convs = [i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 12  # 4 NiN blocks x 3 convolutions
+    assert all(isinstance(layers[i + 1], nn.BatchNorm2d) and layers[i + 1].num_features == layers[i].out_channels
+               for i in convs)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in layers) == 12
+    assert net(torch.rand(2, 1, 67, 67)).shape == (2, 10)
+
+
+def test_nin_bn_block_diagram_matches_the_block():
+    block = nin_bn_block(1, 96, kernel_size=11, stride=4)
+    kinds = [type(m) for m in block]
+    assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU] * 3
+    diagram = plot.architecture(block, (1, 224, 224), title="BN-NiN block 1")
+    assert diagram.layer_count() == len(block)

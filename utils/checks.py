@@ -36,3 +36,19 @@ def check_images(x: torch.Tensor, *, model: str, in_channels: int, min_size: int
             f"{model} needs input of at least {min_size}x{min_size} pixels (smaller images leave "
             f"its last stages too little to work on); got {height}x{width}. Resize the data, "
             f"e.g. fashion_mnist(batch_size, resize={preferred or min_size}).")
+
+
+def accepted_sides(side_of, target: int, *, pooled: bool = False, search=range(8, 1024)) -> tuple[int, int]:
+    """Smallest and largest square input side a feature stack accepts.
+
+    ``side_of(n)`` is the side of the stack's last feature map for an ``n x n`` input.
+    Without pooling the accepted sides are those that end in a ``target x target`` map (the
+    first linear layer is sized for it); with adaptive pooling (``pooled=True``) any side that
+    leaves at least a 1x1 map is accepted, and the largest is unbounded (returned as 10**6).
+    Raises ``ValueError`` when no side in ``search`` works.
+    """
+    valid = [n for n in search if (side_of(n) >= 1 if pooled else side_of(n) == target)]
+    if not valid:
+        raise ValueError(f"no input side from {search.start} to {search.stop - 1} gives a "
+                         f"{target}x{target} feature map; check the layers' kernels and strides")
+    return valid[0], (10**6 if pooled else valid[-1])

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from utils.checks import check_images
+from utils.checks import accepted_sides, check_images
 from utils.runtime import eval_mode
 '''
 

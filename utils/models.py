@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from utils.checks import check_images
+from utils.checks import accepted_sides, check_images
 from utils.runtime import eval_mode
 
 
@@ -80,14 +80,6 @@ def alexnet_classifier(in_features, hidden=4096, num_classes=10, dropout=0.5):
         nn.Linear(hidden, num_classes))
 
 
-def accepted_sides(features, side, pooled=False):
-    """Smallest and largest input side giving a final map of `side` (pooled: any map >= 1)."""
-    valid = [n for n in range(16, 1024)
-             if (features_output_side(features, n) >= 1 if pooled
-                 else features_output_side(features, n) == side)]
-    return valid[0], (10**6 if pooled else valid[-1])
-
-
 class AlexNet(nn.Module):
     """AlexNet. `conv_channels` and `first_padding` select a layout; `pool_to` adds torchvision's
     adaptive average pooling to a fixed grid (then any large enough input works)."""
@@ -101,7 +93,7 @@ class AlexNet(nn.Module):
         side = pool_to or self.feature_side(input_size)
         self.classifier = alexnet_classifier(conv_channels[-1] * side * side, hidden,
                                              num_classes, dropout)
-        self.input_sizes = accepted_sides(self.features, side, pooled=bool(pool_to))
+        self.input_sizes = accepted_sides(self.feature_side, side, pooled=bool(pool_to))
 
     def feature_side(self, side):
         return features_output_side(self.features, side)
@@ -481,6 +473,27 @@ def bn_lenet(num_classes=10, in_channels=1):
 def bn_lenet_concise(num_classes=10, in_channels=1):
     """The same network with PyTorch's nn.BatchNorm2d and nn.BatchNorm1d."""
     return BNLeNet(nn.BatchNorm2d, nn.BatchNorm1d, num_classes, in_channels)
+
+
+def nin_bn_block(in_channels, out_channels, kernel_size, stride=1, padding=0):
+    """A NiN block (Conv-ReLU-Conv1x1-ReLU-Conv1x1-ReLU) with nn.BatchNorm2d after each convolution."""
+    layers = []
+    for layer in NiNBlock(in_channels, out_channels, kernel_size, stride, padding):
+        layers.append(layer)
+        if isinstance(layer, nn.Conv2d):
+            layers.append(nn.BatchNorm2d(layer.out_channels))
+    return nn.Sequential(*layers)
+
+
+def nin_bn(num_classes=10, in_channels=1):
+    """The book's NiN (chapter 03) with a batch-norm layer after every convolution."""
+    net = NiN(num_classes, in_channels)
+    for name, block in list(net.named_children()):
+        if isinstance(block, NiNBlock):
+            conv = block[0]
+            setattr(net, name, nin_bn_block(conv.in_channels, conv.out_channels, conv.kernel_size,
+                                            conv.stride, conv.padding))
+    return net
 
 
 # ------------------------------ 06_resnet.ipynb
