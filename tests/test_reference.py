@@ -1,0 +1,77 @@
+"""utils.reference: chapters executed with nbclient, results kept per chapter, failures keep the old."""
+import json
+
+import nbformat
+import pytest
+
+from utils import reference
+
+WRITES = '''import json, os, pathlib
+root = pathlib.Path(os.environ["CNN_RESULTS_DIR"])
+(root / "histories").mkdir(parents=True, exist_ok=True)
+(root / "figures").mkdir(parents=True, exist_ok=True)
+(root / "histories" / "{name}-{{0}}.json".format(os.environ["CNN_PROFILE"])).write_text(json.dumps({{"value": {value}}}))
+(root / "figures" / "{name}.png").write_bytes(b"png")
+print("done {name}")'''
+
+
+def notebook(path, *sources):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def chapters(tmp_path, monkeypatch):
+    folder = tmp_path / "chapters"
+    folder.mkdir()
+    notebook(folder / "01_first.ipynb", WRITES.format(name="first", value=1))
+    notebook(folder / "02_second.ipynb", WRITES.format(name="second", value=2))
+    monkeypatch.setattr(reference, "CHAPTERS", folder)
+    for variable in reference.DRY_RUN_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    return folder
+
+
+def test_each_chapter_keeps_its_notebook_histories_figures_and_time(chapters, tmp_path):
+    out = tmp_path / "ref"
+    folder, runs = reference.run_all("smoke", out=out, log=lambda *_: None)
+    assert folder == out and [r.ok for r in runs] == [True, True]
+    assert json.loads((out / "01_first" / "histories" / "first-smoke.json").read_text()) == {"value": 1}
+    assert (out / "02_second" / "figures" / "second.png").read_bytes() == b"png"
+    assert not (out / "02_second" / "histories" / "first-smoke.json").exists()  # only what it wrote
+    executed = nbformat.read(out / "01_first" / "notebook.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["text"] == "done first\n"
+    run = reference.load_runs(out)["02_second"]
+    assert run["profile"] == "smoke" and run["seconds"] > 0
+    assert reference.load_machine(out)["cores"] >= 1
+    assert set(reference.history_files(out)) == {"first-smoke", "second-smoke"}
+
+
+def test_a_failed_chapter_keeps_its_previous_reference(chapters, tmp_path):
+    out = tmp_path / "ref"
+    reference.run_all("smoke", out=out, log=lambda *_: None)
+    notebook(chapters / "02_second.ipynb", WRITES.format(name="second", value=3), "raise ValueError('broken')")
+    notebook(chapters / "01_first.ipynb", WRITES.format(name="first", value=4))
+    _, runs = reference.run_all("smoke", out=out, log=lambda *_: None)
+    assert [r.ok for r in runs] == [True, False] and "broken" in runs[1].error
+    assert json.loads((out / "01_first" / "histories" / "first-smoke.json").read_text()) == {"value": 4}
+    assert json.loads((out / "02_second" / "histories" / "second-smoke.json").read_text()) == {"value": 2}
+    assert reference.main(["smoke", "--out", str(out)]) == 1
+
+
+def test_a_dry_run_is_refused_as_a_reference(chapters, monkeypatch):
+    monkeypatch.setenv("CNN_MAX_STEPS", "2")
+    with pytest.raises(reference.ReferenceError, match="CNN_MAX_STEPS set: a dry run is not a reference"):
+        reference.run_all("full")
+
+
+def test_chapters_are_named_by_prefix_and_unknown_ones_refused(chapters):
+    assert reference.resolve(["02"]) == ["02_second"]
+    with pytest.raises(reference.ReferenceError, match="no single chapter matches '0'"):
+        reference.resolve(["0"])
+
+
+def test_folder_names_say_profile_and_machine():
+    assert reference.folder_name("quick", {"gpu": None}) == "quick-cpu"
+    assert reference.folder_name("full", {"gpu": "NVIDIA A100-SXM4-40GB"}) == "full-nvidia-a100-sxm4-40gb"

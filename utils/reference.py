@@ -1,0 +1,243 @@
+"""Reference runs: every chapter executed under one profile, its results kept in the repository.
+
+    python -m utils.reference quick                 # every chapter -> reference/quick-cpu/
+    python -m utils.reference full                  # on a CUDA machine -> reference/full-<gpu>/
+    python -m utils.reference quick 03_nin 05_batch_norm   # only these chapters
+    python -m utils.reference smoke --out /tmp/ref  # anywhere else (a dry run must say where)
+
+Each notebook is executed with nbclient, as JupyterLab runs it, in a fresh results folder (no
+checkpoint of an earlier run is resumed, so the times are honest). For every chapter the run keeps
+
+    <folder>/<chapter>/notebook.ipynb     the executed notebook, every output in it
+    <folder>/<chapter>/histories/*.json   every ``fit`` history the chapter wrote
+    <folder>/<chapter>/figures/*.png      every figure it saved
+    <folder>/<chapter>/run.json           wall time, start and end, profile, environment
+    <folder>/machine.json                 CPU/GPU model, cores, memory, torch version, date
+
+Chapters run in course order and share one results folder, so a chapter that reuses an earlier
+chapter's checkpoint (chapter 08 loads chapter 06's ResNet) finds it when both are run. A chapter
+that fails keeps its previous reference (nothing of the failed run replaces it) and the command
+exits with status 1 after running the others.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import REPO_ROOT
+
+REFERENCE_ROOT = REPO_ROOT / "reference"
+CHAPTERS = REPO_ROOT / "chapters"
+PROFILES = ("smoke", "quick", "full")
+DRY_RUN_VARIABLES = ("CNN_MAX_STEPS", "CNN_MAX_BATCH")
+
+
+class ReferenceError(RuntimeError):
+    """A reference run that cannot start or whose results cannot be read."""
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """What a reference run ran on."""
+    import torch
+
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")}
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages * page_size / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        info["memory_gib"] = None
+    return info
+
+
+def folder_name(profile: str, info: dict) -> str:
+    """``quick-cpu`` on a CPU-only machine, ``full-nvidia-a100-sxm4-40gb`` on a GPU."""
+    return f"{profile}-{slug(info['gpu']) if info.get('gpu') else 'cpu'}"
+
+
+def chapter_names() -> list[str]:
+    return [path.stem for path in sorted(CHAPTERS.glob("[0-9][0-9]_*.ipynb"))]
+
+
+def resolve(names) -> list[str]:
+    known = chapter_names()
+    chosen = []
+    for name in names or known:
+        matches = [k for k in known if k == name or k.startswith(name)]
+        if len(matches) != 1:
+            raise ReferenceError(f"no single chapter matches {name!r}; the chapters are: "
+                                 + ", ".join(known))
+        chosen.append(matches[0])
+    return chosen
+
+
+def _snapshot(folder: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} if folder.exists() else {}
+
+
+def _written_since(folder: Path, before: dict[Path, int]) -> list[Path]:
+    return sorted(p for p, stamp in _snapshot(folder).items() if before.get(p) != stamp)
+
+
+@dataclass
+class ChapterRun:
+    chapter: str
+    ok: bool
+    seconds: float
+    error: str | None = None
+
+
+def execute(chapter: str, profile: str, results: Path, staging: Path, timeout: int) -> ChapterRun:
+    """Run one chapter into ``staging/<chapter>``; the caller moves it into place if it succeeded."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = CHAPTERS / f"{chapter}.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    environment = {"CNN_PROFILE": profile, "CNN_RESULTS_DIR": str(results)}
+    saved = {key: os.environ.get(key) for key in environment}
+    os.environ.update(environment)
+    before = {sub: _snapshot(results / sub) for sub in ("histories", "figures")}
+    started = dt.datetime.now(dt.timezone.utc)
+    start = time.perf_counter()
+    error = None
+    try:
+        NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(CHAPTERS)}}).execute()
+    except Exception as exc:  # a cell error, a timeout, a dead kernel: all end this chapter
+        error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    seconds = time.perf_counter() - start
+    if error is not None:
+        return ChapterRun(chapter, False, seconds, error)
+    out = staging / chapter
+    for sub in ("histories", "figures"):
+        for file in _written_since(results / sub, before[sub]):
+            target = out / sub / file.relative_to(results / sub)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, target)
+    out.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, out / "notebook.ipynb")
+    run = {"chapter": chapter, "profile": profile, "seconds": round(seconds, 1),
+           "started": started.isoformat(timespec="seconds"),
+           "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "environment": {k: os.environ[k] for k in DRY_RUN_VARIABLES if k in os.environ}}
+    (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
+    return ChapterRun(chapter, True, seconds)
+
+
+def run_all(profile: str, chapters=None, out: Path | None = None, timeout: int = 3600,
+            log=print) -> tuple[Path, list[ChapterRun]]:
+    """Execute ``chapters`` (default: all) under ``profile``; returns the folder and each chapter's run."""
+    if profile not in PROFILES:
+        raise ReferenceError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    dry = [k for k in DRY_RUN_VARIABLES if os.environ.get(k)]
+    if dry and out is None:
+        raise ReferenceError(f"{' and '.join(dry)} set: a dry run is not a reference. Unset them, or "
+                             "pass --out FOLDER to write the dry run somewhere outside reference/.")
+    info = machine()
+    folder = Path(out) if out is not None else REFERENCE_ROOT / folder_name(profile, info)
+    chapters = resolve(chapters)
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="cnn-reference-") as scratch:
+        results, staging = Path(scratch) / "results", Path(scratch) / "staging"
+        for chapter in chapters:
+            log(f"{chapter}: running under {profile} ...")
+            run = execute(chapter, profile, results, staging, timeout)
+            runs.append(run)
+            if run.ok:
+                target = folder / chapter
+                old = folder / f".{chapter}.old"
+                if target.exists():
+                    target.rename(old)
+                shutil.move(str(staging / chapter), str(target))
+                shutil.rmtree(old, ignore_errors=True)
+                log(f"{chapter}: {run.seconds:.0f} s, kept in {target}")
+            else:
+                log(f"{chapter}: FAILED after {run.seconds:.0f} s ({run.error}); "
+                    f"the previous reference in {folder / chapter} is left as it was")
+    if any(run.ok for run in runs):
+        (folder / "machine.json").write_text(json.dumps(info, indent=1) + "\n")
+    return folder, runs
+
+
+# ------------------------------------------------------------------ reading reference runs
+
+def folders(root: Path = REFERENCE_ROOT) -> list[Path]:
+    """Every reference folder (one per profile and machine), sorted by name."""
+    return sorted(p for p in root.iterdir() if (p / "machine.json").is_file()) if root.is_dir() else []
+
+
+def load_machine(folder: Path) -> dict:
+    return json.loads((Path(folder) / "machine.json").read_text())
+
+
+def load_runs(folder: Path) -> dict[str, dict]:
+    """``{chapter: run.json}`` for every chapter kept in ``folder``."""
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*/run.json"))}
+
+
+def history_files(folder: Path) -> dict[str, Path]:
+    """``{history name: path}`` for every history kept in ``folder`` (names as ``fit`` wrote them)."""
+    return {p.stem: p for p in sorted(Path(folder).glob("*/histories/*.json"))}
+
+
+def describe_machine(info: dict) -> str:
+    device = info["gpu"] or f"{info['cpu']}, {info['cores']} cores, CPU only"
+    return f"{device}; torch {info['torch']}; {info['date']}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("profile", choices=PROFILES)
+    parser.add_argument("chapters", nargs="*", help="chapter names or prefixes (default: all)")
+    parser.add_argument("--out", type=Path, help="write here instead of reference/<profile>-<machine>/")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds one cell may run")
+    args = parser.parse_args(argv)
+    try:
+        folder, runs = run_all(args.profile, args.chapters, args.out, args.timeout)
+    except ReferenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failed = [run.chapter for run in runs if not run.ok]
+    total = sum(run.seconds for run in runs)
+    print(f"{len(runs) - len(failed)} of {len(runs)} chapters kept in {folder} ({total:.0f} s)"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
