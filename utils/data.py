@@ -235,15 +235,26 @@ class DeviceLoader:
             x = x.sub_(mean).div_(std)
         return x
 
+    def epoch_order(self) -> torch.Tensor | None:
+        """The order of the examples in the next epoch (None: in storage order). Drawing it
+        advances the shuffling generator, as starting an epoch does."""
+        if not self.shuffle:
+            return None
+        return torch.randperm(self.num_examples, generator=self.generator).to(self.device)
+
+    def batch(self, index) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(images, labels)`` batch of the examples at ``index`` (a slice or a tensor)."""
+        return self.transform(self.images[index], train=self.shuffle), self.labels[index]
+
     def __iter__(self):
         n = self.num_examples
-        order = torch.randperm(n, generator=self.generator).to(self.device) if self.shuffle else None
+        order = self.epoch_order()
         for start in range(0, n, self.batch_size):
             if order is None:
                 index = slice(start, start + self.batch_size)
             else:
                 index = order[start:start + self.batch_size]
-            yield self.transform(self.images[index], train=self.shuffle), self.labels[index]
+            yield self.batch(index)
 
     def state_dict(self) -> dict:
         """The shuffling and augmentation state, so a resumed run sees the same batches, crops

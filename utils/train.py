@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as checkpoints
-from . import config, runtime
+from . import config, distributed, runtime
 from .checkpoint import CheckpointError, atomic_write  # noqa: F401  (part of this module's surface)
 from .progress import ProgressView
 from .runtime import amp_dtype, eval_mode, prefers_channels_last  # noqa: F401
@@ -92,7 +92,10 @@ class History:
         return cls(**columns, nonfinite_batches=skipped, meta=dict(data.get("meta", {})))
 
     def save(self, path) -> Path:
-        """Write the history as JSON (atomically) and return the path."""
+        """Write the history as JSON (atomically) and return the path. In a distributed run
+        only rank 0 writes (every rank holds the same history)."""
+        if not distributed.is_main():
+            return Path(path)
         text = json.dumps(self.to_dict(), indent=1).encode()
         atomic_write(path, lambda handle: handle.write(text))
         return Path(path)
@@ -272,6 +275,9 @@ def evaluate(net: nn.Module, data_iter, device=None, *, dtype: torch.dtype | Non
             X, y = runtime.to_layout(X.to(device), channels_last), y.to(device)
             correct += accuracy_count(main_output(net(X)), y)
             total += len(y)
+    if isinstance(data_iter, distributed.ShardedLoader):  # each rank saw its shard: add them up
+        counts = distributed.all_reduce_(torch.stack([correct, torch.tensor(total, device=device)]))
+        correct, total = counts[0], int(counts[1].item())
     return correct.item() / max(total, 1)
 
 
@@ -343,6 +349,8 @@ def run_settings(opt, sched, loss_fn, train_iter, *, epochs, aux_weight, grad_cl
     settings["label_smoothing"] = getattr(loss_fn, "label_smoothing", None)
     settings.update(aux_weight=aux_weight, grad_clip=grad_clip, amp=runtime.precision_name(dtype))
     settings.update(data_settings(train_iter))
+    if distributed.active():  # the effective batch is world_size times the loader's
+        settings["world_size"] = distributed.world_size()
     return settings
 
 
@@ -376,7 +384,8 @@ def describe_run(net, train_iter, *, name, device, epochs, lr, dtype, channels_l
             "image_shape": list(getattr(train_iter, "image_shape", []) or []),
             "train_examples": getattr(train_iter, "num_examples", None),
             "amp": runtime.precision_name(dtype), "channels_last": bool(channels_last),
-            "max_steps": config.max_steps()}
+            "max_steps": config.max_steps(),
+            **({"world_size": distributed.world_size()} if distributed.active() else {})}
 
 
 # ----------------------------------------------------------------------------- fit
@@ -410,11 +419,18 @@ def fit(net: nn.Module, train_iter, test_iter, *, epochs: int, lr: float, device
     - ``$CNN_MAX_STEPS`` cuts every epoch and evaluation to that many batches (a dry run).
     - Ctrl-C (or Jupyter's stop button) ends training cleanly: the history so far is
       returned with ``interrupted=True`` and the checkpoint is kept; run again to resume.
+    - Inside ``torchrun`` (``utils.distributed``): each rank trains on its shard of every
+      epoch (``batch_size`` per rank), the model is wrapped in DistributedDataParallel,
+      the reported sums are all-reduced, and only rank 0 prints, checkpoints and saves.
     """
     check_positive("epochs", epochs, int)
     check_positive("lr", lr)
     if init not in ("xavier", None):
         raise ValueError(f"init must be 'xavier' or None, got {init!r}")
+    if distributed.setup():  # launched by torchrun; outside it nothing below changes
+        device = torch.device(device) if device is not None else distributed.device()
+        train_iter, test_iter = distributed.shard(train_iter), distributed.shard(test_iter)
+        progress = progress if distributed.is_main() else False
     device = torch.device(device) if device is not None else config.device()
     dtype = amp_dtype(device, amp)
     channels_last = runtime.resolve_channels_last(net, device, channels_last)
@@ -423,7 +439,8 @@ def fit(net: nn.Module, train_iter, test_iter, *, epochs: int, lr: float, device
     net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     opt = make_optimizer(optimizer, net.parameters(), lr, momentum, weight_decay)
     sched = scheduler(opt) if scheduler is not None else None
-    step = TrainStep(torch.compile(net) if compile else net, opt,
+    model = distributed.data_parallel(net, device)
+    step = TrainStep(torch.compile(model) if compile else model, opt,
                      nn.CrossEntropyLoss(label_smoothing=label_smoothing), device, dtype,
                      runtime.grad_scaler(device, dtype), aux_weight, grad_clip)
     settings = run_settings(opt, sched, step.loss_fn, train_iter, epochs=epochs, aux_weight=aux_weight,
@@ -432,7 +449,8 @@ def fit(net: nn.Module, train_iter, test_iter, *, epochs: int, lr: float, device
                                         lr=lr, dtype=dtype, channels_last=channels_last))
     if checkpoint is not None:
         history = _start_or_resume(Path(checkpoint), resume, step, sched, history, train_iter, settings)
-    _announce_dry_run(train_iter, test_iter)
+    if distributed.is_main():
+        _announce_dry_run(train_iter, test_iter)
     view = ProgressView(history, epochs, min(len(train_iter), config.max_steps() or len(train_iter)), progress)
     loop = _EpochLoop(step, sched, history, view, train_iter, test_iter, channels_last, checkpoint, settings)
     try:
@@ -441,6 +459,10 @@ def fit(net: nn.Module, train_iter, test_iter, *, epochs: int, lr: float, device
                 loop.run_epoch(epoch)
     except KeyboardInterrupt:
         return _interrupted(history, view, checkpoint)
+    except RuntimeError as exc:
+        if distributed.active() and distributed.is_collective_failure(exc):
+            raise distributed.lost_rank_error(exc) from exc
+        raise
     finally:
         view.close()
     view.final(show_plot=False)
@@ -467,6 +489,8 @@ class _EpochLoop:
         batches = self.view.batches
 
         def report(i, metrics):
+            if distributed.active():  # every rank must agree to stop, or the others would wait
+                distributed.all_reduce_(metrics.longest, distributed.dist.ReduceOp.MAX)
             if metrics.diverged():
                 raise TrainingDiverged(_diverged_message(epoch, i, self))
             self.view.batch(epoch + (i + 1) / batches, metrics.mean_loss(), metrics.accuracy())
@@ -474,6 +498,8 @@ class _EpochLoop:
         metrics = train_epoch(self.step, self.train_iter, channels_last=self.channels_last,
                               max_steps=config.max_steps(), previous_streak=self.streak, on_report=report,
                               on_batch=lambda i: self.view.step())
+        if distributed.active():
+            distributed.all_reduce_metrics(metrics)
         self.streak = int(metrics.streak.item())
         if not weights_finite(self.step.model):
             raise TrainingDiverged(_diverged_message(epoch, None, self))
@@ -485,7 +511,7 @@ class _EpochLoop:
         self.history.record(train_loss=metrics.mean_loss(), train_acc=metrics.accuracy(), test_acc=test_acc,
                             seconds=time.perf_counter() - start, examples_per_sec=metrics.seen / train_seconds,
                             nonfinite_batches=metrics.nonfinite())
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and distributed.is_main():
             checkpoints.save(self.checkpoint, net=_original(self.step.model), optimizer=self.step.optimizer,
                              scheduler=self.sched, scaler=self.step.scaler, history=self.history.to_dict(),
                              train_iter=self.train_iter, settings=self.settings)
@@ -493,20 +519,24 @@ class _EpochLoop:
 
 
 def _original(model: nn.Module) -> nn.Module:
-    """The module itself, not ``torch.compile``'s wrapper (its state dict has no prefix)."""
-    return getattr(model, "_orig_mod", model)
+    """The module itself, not ``torch.compile``'s or DDP's wrapper (its state dict has no prefix)."""
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def _start_or_resume(path: Path, resume: bool, step: TrainStep, sched, history: History,
                      train_iter, settings: dict) -> History:
-    """Start a fresh run at ``path`` or continue the one saved there; returns the history."""
-    checkpoints.remove_stale_temporaries(path)
-    if not path.exists():
-        return history
-    if not resume:
-        backup = path.with_name(path.name + ".bak")
-        os.replace(path, backup)
-        print(f"resume=False: the old checkpoint was moved to {backup}")
+    """Start a fresh run at ``path`` or continue the one saved there; returns the history.
+    In a distributed run rank 0 tidies up first; then every rank reads the same file."""
+    exists = path.exists()
+    if distributed.is_main():
+        checkpoints.remove_stale_temporaries(path)
+        if exists and not resume:
+            backup = path.with_name(path.name + ".bak")
+            os.replace(path, backup)
+            print(f"resume=False: the old checkpoint was moved to {backup}")
+    distributed.barrier()
+    if not exists or not resume:
         return history
     state = checkpoints.load(path, _original(step.model), settings)
     _original(step.model).load_state_dict(state["model"])
@@ -519,7 +549,8 @@ def _start_or_resume(path: Path, resume: bool, step: TrainStep, sched, history: 
     # The epochs so far come from the checkpoint; the description is this run's.
     resumed = History.from_dict({**state["history"], "meta": history.meta})
     done = " (already complete)" if resumed.epochs >= history.meta["epochs"] else ""
-    print(f"Resumed from {path} after epoch {resumed.epochs}{done}")
+    if distributed.is_main():
+        print(f"Resumed from {path} after epoch {resumed.epochs}{done}")
     return resumed
 
 
