@@ -81,3 +81,17 @@ def test_filters_draws_one_image_per_filter():
     assert len(colour.axes) == 12 and len(images) == 10
     assert images[0].get_array().shape == (5, 5, 3)
     assert all(0 <= image.get_array().min() and image.get_array().max() <= 1 for image in images)
+
+
+def test_mask_grid_draws_one_panel_per_mask():
+    import torch
+
+    masks = {"a": torch.eye(3, dtype=torch.bool), "b": torch.ones(2, 5), "c": [[0, 2], [1, 0]]}
+    figure = plot.mask_grid(masks, title="masks")
+    images = [image for ax in figure.axes for image in ax.images]
+    assert len(figure.axes) == 3 and len(images) == 3
+    assert [image.get_array().shape for image in images] == [(3, 3), (2, 5), (2, 2)]
+    assert [ax.get_title() for ax in figure.axes] == ["a", "b", "c"]
+    assert images[2].get_clim() == (0, 2)  # vmax follows the largest value, at least 1
+    with pytest.raises(ValueError, match="2-D"):
+        plot.mask_grid({"bad": torch.ones(2, 2, 2)})

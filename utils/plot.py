@@ -214,3 +214,33 @@ def save_figure(figure, name: str) -> Path:
 
 # Architecture diagrams live in utils.diagram; the chapters reach them through utils.plot.
 from .diagram import architecture, compare_architectures  # noqa: E402,F401
+
+
+def mask_grid(masks: dict, *, title: str | None = None, cmap: str = "Greys", cell_lines: bool = True,
+              vmax: float | None = None, panel_size: float = 2.4):
+    """2-D grids side by side, one panel per entry of ``masks`` (panel title -> (H, W) array or
+    tensor): which input pixels a kernel reads, which units a dropout mask keeps. Each cell is
+    one pixel or unit; with ``cell_lines`` thin lines separate the cells. Dark = large."""
+    import numpy as np
+
+    grids = {name: np.asarray(mask, dtype=float) for name, mask in masks.items()}
+    for name, grid in grids.items():
+        if grid.ndim != 2:
+            raise ValueError(f"mask_grid: panel {name!r} must be 2-D, got shape {grid.shape}")
+    aspect = max(grid.shape[0] / grid.shape[1] for grid in grids.values())  # panels as tall as needed
+    title_lines = max(str(name).count("\n") + 1 for name in grids)
+    figure = Figure(figsize=(panel_size * len(grids), panel_size * aspect + 0.2 * title_lines + 0.15
+                             + (0.3 if title else 0)), layout="constrained")
+    axes = figure.subplots(1, len(masks), squeeze=False)[0]
+    for ax, (name, grid) in zip(axes, grids.items()):
+        ax.imshow(grid, cmap=cmap, vmin=0, vmax=vmax if vmax is not None else max(1.0, grid.max()))
+        ax.set_xticks([]), ax.set_yticks([])
+        if cell_lines:
+            ax.set_xticks(np.arange(-0.5, grid.shape[1], 1), minor=True)
+            ax.set_yticks(np.arange(-0.5, grid.shape[0], 1), minor=True)
+            ax.grid(which="minor", color="0.75", linewidth=0.4)
+            ax.tick_params(which="both", length=0)
+        ax.set_title(name, fontsize=9)
+    if title:
+        figure.suptitle(title)
+    return figure
