@@ -100,3 +100,14 @@ def test_malformed_submissions_are_rejected(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
         score_submission(path, [2, 2], ["t-shirt", "trouser", "bag"])
+
+
+# --------------------------------------------------------------------- the final grid of each stem
+
+@pytest.mark.parametrize("small_input, side, grid", [(True, 28, 4), (True, 32, 4), (False, 32, 1), (False, 96, 3)])
+def test_final_grid_of_the_two_stems(small_input, side, grid):
+    from utils.models import resnet18
+    with torch.device("meta"):
+        net = resnet18(small_input=small_input).eval()
+        features = net.forward_features(torch.zeros(1, 1, side, side))
+    assert tuple(features.shape[-2:]) == (grid, grid)
