@@ -53,14 +53,15 @@ def count_flops(net: nn.Module, input_shape, *, per_module: bool = False):
 
 
 def count_train_flops(net: nn.Module, input_shape) -> int:
-    """FLOPs of one forward plus backward pass (training step without the optimizer)."""
+    """FLOPs of one forward plus backward pass (training step without the optimizer), auxiliary
+    heads included. On a model that lives on the ``meta`` device nothing is computed."""
     device = _model_device(net)
     x = torch.zeros(tuple(input_shape), device=device)
     try:
         with eval_mode(net, training=True), FlopCounterMode(display=False) as counter:
-            output = net(x)
-            output = output[0] if isinstance(output, (tuple, list)) else output
-            output.float().sum().backward()
+            outputs = net(x)  # in training mode a model may return (main, aux1, ...): all train
+            outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+            sum(output.float().sum() for output in outputs).backward()
     finally:
         net.zero_grad(set_to_none=True)
     return counter.get_total_flops()
@@ -214,3 +215,20 @@ def matmul_gflops(size: int = 1024, repeats: int = 5, device=None) -> float:
         runtime.synchronize(device)
         rates.append(4 * 2 * size ** 3 / (time.perf_counter() - start) / 1e9)
     return sorted(rates)[len(rates) // 2]
+
+
+def train_flops_per_example(net: nn.Module, image_shape) -> int | None:
+    """Forward plus backward FLOPs of one training example of shape ``image_shape`` (C, H, W).
+
+    Counted on a copy of ``net`` on the ``meta`` device, so the model's weights, batch-norm
+    statistics and random number generators are untouched and nothing is computed. A batch of
+    two is counted and halved (batch norm on one example is undefined). ``None`` when the model
+    cannot be copied or run this way.
+    """
+    import copy
+
+    try:
+        shadow = copy.deepcopy(net).to("meta")
+        return count_train_flops(shadow, (2, *image_shape)) // 2
+    except Exception:  # a model that cannot be deep-copied or traced on meta: no count
+        return None

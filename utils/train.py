@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as checkpoints
-from . import config, distributed, runtime
+from . import config, distributed, profile, runtime
 from .checkpoint import CheckpointError, atomic_write  # noqa: F401  (part of this module's surface)
 from .progress import ProgressView
 from .runtime import amp_dtype, eval_mode, prefers_channels_last  # noqa: F401
@@ -379,10 +379,15 @@ def _describe(thing) -> str:
 
 def describe_run(net, train_iter, *, name, device, epochs, lr, dtype, channels_last) -> dict:
     """The ``History.meta`` of a run: what it trains, where and how."""
+    image_shape = list(getattr(train_iter, "image_shape", []) or [])
+    examples = getattr(train_iter, "num_examples", None)
+    per_example = profile.train_flops_per_example(net, image_shape) if image_shape else None
     return {"name": name or type(net).__name__, "device": str(device), "profile": config.profile(),
             "lr": float(lr), "epochs": epochs, "batch_size": getattr(train_iter, "batch_size", None),
-            "image_shape": list(getattr(train_iter, "image_shape", []) or []),
-            "train_examples": getattr(train_iter, "num_examples", None),
+            "image_shape": image_shape, "train_examples": examples,
+            # what the run costs as planned (a dry run's cut epochs do not change it)
+            "train_flops_per_example": per_example,
+            "train_flops": per_example * examples * epochs if per_example and examples else None,
             "amp": runtime.precision_name(dtype), "channels_last": bool(channels_last),
             "max_steps": config.max_steps(),
             **({"world_size": distributed.world_size()} if distributed.active() else {})}
