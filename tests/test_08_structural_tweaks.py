@@ -229,7 +229,7 @@ def test_resnet50_diagrams_show_the_dilated_stages():
     nets = {"standard": torchvision.models.resnet50(),
             "dilated": torchvision.models.resnet50(replace_stride_with_dilation=[False, True, True])}
     label = lambda block, name: f"d{block.conv2.dilation[0]} s{block.conv2.stride[0]}"
-    diagram = plot.compare_architectures({k: (v, (3, 64, 64)) for k, v in nets.items()},
+    diagram = plot.compare_architectures({k: (v, (3, 32, 32)) for k, v in nets.items()},
                                          blocks=(Bottleneck,), block_label=label)
     for part in (0, 1):
         blocks = [(box.text, times) for box, times in diagram.boxes(part) if box.text.startswith("d")]
