@@ -264,10 +264,19 @@ def build(profile: str = DEFAULT_PROFILE, chapters=None, *, out: Path | None = N
     environment = {**os.environ, "CNN_PROFILE": profile, "CNN_RESULTS_DIR": str(results),
                    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
                    "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
-    command = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(src), "--path-output", str(out),
-               "--builder", "html", "--keep-going"]
-    proc = subprocess.run(command, env=environment, capture_output=True, text=True)
+    # Jupyter Book writes the Sphinx configuration; the build itself is plain sphinx-build so the
+    # configuration can drop sphinx-thebe (its inline script declares THEBE_JS_URL twice, an
+    # error in the console, and points at unpkg.com).
+    jb = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()"]
+    proc = subprocess.run([*jb, "config", "sphinx", str(src)], env=environment, capture_output=True, text=True)
     text = proc.stdout + proc.stderr
+    if proc.returncode == 0:
+        conf = src / "conf.py"
+        conf.write_text(re.sub(r"['\"]sphinx_thebe['\"],\s*", "", conf.read_text()))
+        proc = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "--keep-going", "-d",
+                               str(out / "_build" / ".doctrees"), str(src), str(out / "_build" / "html")],
+                              env=environment, capture_output=True, text=True)
+        text += proc.stdout + proc.stderr
     out.mkdir(parents=True, exist_ok=True)
     (out / "build.log").write_text(text)
     problems = broken_page_warnings(text)
