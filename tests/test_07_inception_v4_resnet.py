@@ -130,3 +130,123 @@ def test_fashion_mnist_reduced_variants(factory):
         net(torch.randn(2, 1, 74, 74))
     with pytest.raises(InputSizeError, match="in_channels=3"):
         net(torch.randn(2, 3, 75, 75))
+
+
+# ---------------------------------------------------------------- diagrams (structure, not pixels)
+from utils import plot  # noqa: E402
+from utils.diagram import layer_text  # noqa: E402
+from utils.models import BasicConv2d, mixed_5b_branches, residual_stage, stem_split2_towers  # noqa: E402
+
+
+def unit_label(block, name):
+    if isinstance(block, BasicConv2d):
+        return f"{layer_text(block.conv)} +BN+ReLU"
+    if hasattr(block, "scale"):
+        return f"{type(block).__name__} ×{block.scale:g}" + ("" if block.activation else ", no ReLU")
+    return type(block).__name__
+
+
+UNITS = dict(blocks=(BasicConv2d,), block_label=unit_label)
+
+
+def leaf_count(module):
+    return sum(1 for m in module.modules() if next(m.children(), None) is None)
+
+
+def units(diagram, part=0):
+    return sum(times for box, times in diagram.boxes(part) if box.kind == "BasicConv2d")
+
+
+def branch_counts(diagram, part=0):
+    return sorted(len(p.branches) for p in diagram.parallels(part))
+
+
+@pytest.mark.parametrize("name, build, shape, branches", [
+    ("v4 stem", lambda: InceptionV4Stem(3), (3, 299, 299), [2, 2, 2]),
+    ("Inception-A", InceptionV4A, (384, 35, 35), [4]),
+    ("Reduction-A", lambda: ReductionA(384, 192, 224, 256, 384), (384, 35, 35), [3]),
+    ("Inception-B", InceptionV4B, (1024, 17, 17), [4]),
+    ("Reduction-B", InceptionV4ReductionB, (1024, 17, 17), [3]),
+    ("Inception-C", InceptionV4C, (1536, 8, 8), [2, 2, 4]),
+    ("IR Reduction-B", lambda: InceptionResNetReductionB(1088, (256, 384), (256, 288), (256, 288, 320)),
+     (1088, 17, 17), [4]),
+])
+def test_concat_block_diagrams(name, build, shape, branches):
+    block = meta(build)
+    with torch.device("meta"):
+        diagram = plot.architecture(block, shape, title=name, **UNITS)
+    assert branch_counts(diagram) == branches
+    assert diagram.layer_count() == leaf_count(block)          # every layer that runs is drawn
+    assert units(diagram) == sum(isinstance(m, BasicConv2d) for m in block.modules())
+    assert diagram.repeats() == []
+    assert [b for b, _ in diagram.boxes() if b.kind == "concat"][-1].shape[0] == \
+        block(torch.zeros(1, *shape, device="meta")).shape[1]
+
+
+@pytest.mark.parametrize("cls, args, shape, branches", [
+    (InceptionResNetA, (320, 32, (32, 32), (32, 48, 64)), (320, 35, 35), 3),
+    (InceptionResNetB, (1088, 192, (128, 160, 192)), (1088, 17, 17), 2),
+    (InceptionResNetC, (2080, 192, (192, 224, 256)), (2080, 8, 8), 2),
+])
+def test_residual_block_diagrams_show_scale_identity_and_sum(cls, args, shape, branches):
+    block = cls(*args, scale=0.17)
+    diagram = plot.architecture(block, shape, **UNITS)
+    kinds = [box.kind for box, _ in diagram.boxes()]
+    assert [box.text for box, _ in diagram.boxes() if box.kind == "scale"] == ["× 0.17"]
+    assert kinds.count("add") == 1 and kinds[-1] == "ReLU"
+    outer = [p for p in diagram.parallels() if any(not b.items for b in p.branches)]
+    assert len(outer) == 1 and len(outer[0].branches) == 2        # branches | identity
+    assert sorted(len(p.branches) for p in diagram.parallels()) == sorted([2, branches])
+    # BasicConv2d units (2 layers each) + the linear 1x1 + the final ReLU (a function)
+    assert diagram.layer_count() == leaf_count(block) + 1
+    plain = [box for box, _ in diagram.boxes() if box.kind == "Conv2d"]
+    assert len(plain) == 1 and plain[0].shape[0] == shape[0]    # the linear expansion
+
+
+def test_stem_diagrams_of_the_inception_resnets():
+    v1, v2 = meta(InceptionResNetV1Stem, in_channels=3), meta(InceptionResNetV2Stem, in_channels=3)
+    with torch.device("meta"):
+        diagram = plot.compare_architectures({"v1": (v1, (3, 299, 299)), "v2": (v2, (3, 299, 299))},
+                                             **UNITS)
+    assert diagram.parallels(0) == [] and branch_counts(diagram, 1) == [4]
+    assert units(diagram, 0) == 6 and units(diagram, 1) == 5 + 7
+    assert diagram.layer_count(0) == leaf_count(v1) and diagram.layer_count(1) == leaf_count(v2)
+    assert len(mixed_5b_branches(192)) == 4 and len(stem_split2_towers(160)) == 2
+
+
+def test_model_diagrams_at_block_level():
+    v4 = meta(inception_v4, num_classes=1000, in_channels=3)
+    v4_blocks = (InceptionV4Stem, InceptionV4A, ReductionA, InceptionV4B, InceptionV4ReductionB,
+                 InceptionV4C)
+    with torch.device("meta"):
+        diagram = plot.architecture(v4, (3, 299, 299), blocks=v4_blocks)
+    assert sorted(r.times for r in diagram.repeats()) == [3, 4, 7]
+    assert diagram.layer_count() == leaf_count(v4)
+    v1 = meta(inception_resnet_v1, num_classes=1000, in_channels=3)
+    v2 = meta(inception_resnet_v2, num_classes=1000, in_channels=3)
+    ir_blocks = (InceptionResNetV1Stem, InceptionResNetV2Stem, InceptionResNetA, ReductionA,
+                 InceptionResNetB, InceptionResNetReductionB, InceptionResNetC, BasicConv2d)
+    with torch.device("meta"):
+        both = plot.compare_architectures({"v1": (v1, (3, 299, 299)), "v2": (v2, (3, 299, 299))},
+                                          blocks=ir_blocks, block_label=unit_label)
+    assert sorted(r.times for r in both.repeats(0)) == [5, 5, 10]
+    assert sorted(r.times for r in both.repeats(1)) == [9, 10, 20]   # + the lone linear last block
+    texts = [box.text for box, _ in both.boxes(1)]
+    assert "InceptionResNetC ×1, no ReLU" in texts and "InceptionResNetA ×0.17" in texts
+    assert both.layer_count(0) == leaf_count(v1) and both.layer_count(1) == leaf_count(v2)
+
+
+# ---------------------------------------------------------------- grid sizes and split helpers
+def test_smallest_side_with_a_3x3_grid_at_the_c_blocks():
+    for factory in (inception_v4, inception_resnet_v1, inception_resnet_v2):
+        net = meta(factory, blocks=(1, 1, 1)).eval()   # a 1x1 grid: BN needs eval mode
+        for side, expected in ((96, 1), (138, 2), (139, 3)):
+            x = torch.zeros(1, 1, side, side, device="meta")
+            x = net.reduction_b(net.inception_b(net.reduction_a(net.inception_a(net.stem(x)))))
+            assert x.shape[-1] == expected, (factory.__name__, side)
+
+
+def test_residual_stage_linear_last():
+    stage = residual_stage(InceptionResNetC, 64, (8, (8, 8, 8)), 3, 0.2, linear_last=True)
+    assert [b.scale for b in stage] == [0.2, 0.2, 1.0]
+    assert [b.activation for b in stage] == [True, True, False]
