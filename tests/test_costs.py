@@ -50,3 +50,18 @@ def test_fit_records_the_planned_training_flops(isolated, monkeypatch):
     per_example = profile.train_flops_per_example(small_net(), (1, 28, 28))
     assert history.meta["train_flops_per_example"] == per_example
     assert history.meta["train_flops"] == per_example * 48 * 2
+
+
+def test_every_fit_call_appends_its_cost_to_the_ledger(isolated):
+    import json
+    make_fake_fashion_mnist(isolated / "data", n_train=48, n_test=16)
+    train_iter, test_iter = data.fashion_mnist(16)
+    per_example = profile.train_flops_per_example(small_net(), (1, 28, 28))
+    train.fit(small_net(), train_iter, test_iter, epochs=2, lr=0.1, progress=False, name="first")
+    path = isolated / "results" / "checkpoint.pt"
+    train.fit(small_net(), train_iter, test_iter, epochs=1, lr=0.1, progress=False, name="second", checkpoint=path)
+    train.fit(small_net(), train_iter, test_iter, epochs=1, lr=0.1, progress=False, name="second", checkpoint=path)
+    lines = [json.loads(line) for line in train.cost_ledger_path().read_text().splitlines()]
+    assert [(l["name"], l["epochs"]) for l in lines] == [("first", 2), ("second", 1)]  # a full resume trains nothing
+    assert lines[0]["train_flops"] == per_example * 48 * 2 and lines[1]["train_flops"] == per_example * 48
+    assert lines[0]["seconds"] > 0 and not lines[0]["dry_run"]

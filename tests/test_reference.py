@@ -48,6 +48,24 @@ def test_each_chapter_keeps_its_notebook_histories_figures_and_time(chapters, tm
     assert set(reference.history_files(out)) == {"first-smoke", "second-smoke"}
 
 
+def test_a_chapter_run_sums_the_cost_of_its_fit_calls(chapters, tmp_path):
+    fits = [{"name": "a", "epochs": 1, "train_flops": 100}, {"name": "b", "epochs": 2, "train_flops": 50}]
+    lines = "".join(json.dumps(fit) + "\n" for fit in fits)
+    notebook(chapters / "02_second.ipynb", "import os, pathlib\n"
+             "pathlib.Path(os.environ['CNN_RESULTS_DIR']).mkdir(parents=True, exist_ok=True)\n"
+             f"(pathlib.Path(os.environ['CNN_RESULTS_DIR']) / 'costs.jsonl').open('a').write({lines!r})")
+    out = tmp_path / "ref"
+    reference.run_all("smoke", out=out, log=lambda *_: None)
+    runs = reference.load_runs(out)
+    assert runs["01_first"]["train_flops"] == 0 and runs["01_first"]["fits"] == []
+    assert runs["02_second"]["train_flops"] == 150 and runs["02_second"]["fits"] == fits
+
+
+def test_gpu_estimates_use_the_stated_rates():
+    assert reference.estimated_seconds(16e12 * 60, "T4") == 60
+    assert reference.estimated_seconds(80e12, "A100") == 1
+
+
 def test_a_failed_chapter_keeps_its_previous_reference(chapters, tmp_path):
     out = tmp_path / "ref"
     reference.run_all("smoke", out=out, log=lambda *_: None)
@@ -75,3 +93,22 @@ def test_chapters_are_named_by_prefix_and_unknown_ones_refused(chapters):
 def test_folder_names_say_profile_and_machine():
     assert reference.folder_name("quick", {"gpu": None}) == "quick-cpu"
     assert reference.folder_name("full", {"gpu": "NVIDIA A100-SXM4-40GB"}) == "full-nvidia-a100-sxm4-40gb"
+
+
+def test_pricing_dry_runs_every_chapter_and_keeps_old_entries_of_failures(chapters, tmp_path, monkeypatch):
+    writes_cost = ("import json, os, pathlib\n"
+                   "assert os.environ['CNN_MAX_STEPS'] == '1'\n"
+                   "pathlib.Path(os.environ['CNN_RESULTS_DIR']).mkdir(parents=True, exist_ok=True)\n"
+                   "(pathlib.Path(os.environ['CNN_RESULTS_DIR']) / 'costs.jsonl').open('a').write("
+                   "json.dumps({'name': 'n', 'epochs': 1, 'train_flops': %d}) + '\\n')")
+    notebook(chapters / "01_first.ipynb", writes_cost % 7)
+    target = tmp_path / "costs.json"
+    _, runs = reference.price("full", out=target, log=lambda *_: None)
+    assert [r.error for r in runs] == [None, None]
+    assert json.loads(target.read_text())["01_first"]["train_flops"] == 7
+    assert json.loads(target.read_text())["02_second"]["train_flops"] == 0
+    import os
+    assert "CNN_MAX_STEPS" not in os.environ  # restored
+    notebook(chapters / "01_first.ipynb", "raise RuntimeError('no')")
+    reference.price("full", out=target, log=lambda *_: None)
+    assert json.loads(target.read_text())["01_first"]["train_flops"] == 7

@@ -4,6 +4,7 @@
     python -m utils.reference full                  # on a CUDA machine -> reference/full-<gpu>/
     python -m utils.reference quick 03_nin 05_batch_norm   # only these chapters
     python -m utils.reference smoke --out /tmp/ref  # anywhere else (a dry run must say where)
+    python -m utils.reference full --price          # training FLOPs of every chapter, by dry run
 
 Each notebook is executed with nbclient, as JupyterLab runs it, in a fresh results folder (no
 checkpoint of an earlier run is resumed, so the times are honest). For every chapter the run keeps
@@ -124,6 +125,8 @@ def execute(chapter: str, profile: str, results: Path, staging: Path, timeout: i
     saved = {key: os.environ.get(key) for key in environment}
     os.environ.update(environment)
     before = {sub: _snapshot(results / sub) for sub in ("histories", "figures")}
+    ledger = results / "costs.jsonl"
+    ledger_start = ledger.stat().st_size if ledger.exists() else 0
     started = dt.datetime.now(dt.timezone.utc)
     start = time.perf_counter()
     error = None
@@ -149,7 +152,10 @@ def execute(chapter: str, profile: str, results: Path, staging: Path, timeout: i
             shutil.copy2(file, target)
     out.mkdir(parents=True, exist_ok=True)
     nbformat.write(notebook, out / "notebook.ipynb")
+    fits = ([json.loads(line) for line in ledger.read_bytes()[ledger_start:].decode().splitlines() if line]
+            if ledger.exists() else [])
     run = {"chapter": chapter, "profile": profile, "seconds": round(seconds, 1),
+           "train_flops": sum(fit["train_flops"] or 0 for fit in fits), "fits": fits,
            "started": started.isoformat(timespec="seconds"),
            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "environment": {k: os.environ[k] for k in DRY_RUN_VARIABLES if k in os.environ}}
@@ -193,6 +199,38 @@ def run_all(profile: str, chapters=None, out: Path | None = None, timeout: int =
     return folder, runs
 
 
+def price(profile: str, chapters=None, out: Path | None = None, timeout: int = 3600,
+          log=print) -> tuple[Path, list[ChapterRun]]:
+    """What every chapter costs to train under ``profile``, without training it: each chapter is
+    dry-run (one batch per epoch, batches of at most 16) and its ``fit`` calls' planned FLOPs
+    are kept in ``reference/costs/<profile>.json`` (``{chapter: {"train_flops", "fits"}}``).
+    A chapter that fails keeps its previous entry."""
+    target = Path(out) if out is not None else REFERENCE_ROOT / "costs" / f"{profile}.json"
+    saved = {key: os.environ.get(key) for key in DRY_RUN_VARIABLES}
+    os.environ.update({"CNN_MAX_STEPS": "1", "CNN_MAX_BATCH": "16"})
+    try:
+        with tempfile.TemporaryDirectory(prefix="cnn-price-") as scratch:
+            folder, runs = run_all(profile, chapters, Path(scratch), timeout, log)
+            priced = load_runs(folder)
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    table = json.loads(target.read_text()) if target.exists() else {}
+    for run in runs:
+        if run.ok:
+            table[run.chapter] = {"train_flops": priced[run.chapter]["train_flops"],
+                                  "fits": priced[run.chapter]["fits"]}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(dict(sorted(table.items())), indent=1) + "\n")
+    return target, runs
+
+
+def load_costs(profile: str, root: Path = REFERENCE_ROOT) -> dict[str, dict]:
+    """``{chapter: {"train_flops", "fits"}}`` priced for ``profile`` (empty if never priced)."""
+    path = root / "costs" / f"{profile}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 # ------------------------------------------------------------------ reading reference runs
 
 def folders(root: Path = REFERENCE_ROOT) -> list[Path]:
@@ -214,6 +252,17 @@ def history_files(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(Path(folder).glob("*/histories/*.json"))}
 
 
+# Sustained training throughput assumed for the estimates (mixed precision, convolutional nets,
+# well-fed input pipeline): about a quarter of each chip's dense fp16/bf16 tensor peak (T4 65,
+# A100 312 TFLOP/s). Small models and small batches reach less; treat the result as a lower bound.
+SUSTAINED_TFLOPS = {"T4": 16.0, "A100": 80.0}
+
+
+def estimated_seconds(train_flops: float, gpu: str) -> float:
+    """Seconds ``train_flops`` would take on ``gpu`` at ``SUSTAINED_TFLOPS`` (an estimate)."""
+    return train_flops / (SUSTAINED_TFLOPS[gpu] * 1e12)
+
+
 def describe_machine(info: dict) -> str:
     device = info["gpu"] or f"{info['cpu']}, {info['cores']} cores, CPU only"
     return f"{device}; torch {info['torch']}; {info['date']}"
@@ -226,9 +275,14 @@ def main(argv=None) -> int:
     parser.add_argument("chapters", nargs="*", help="chapter names or prefixes (default: all)")
     parser.add_argument("--out", type=Path, help="write here instead of reference/<profile>-<machine>/")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds one cell may run")
+    parser.add_argument("--price", action="store_true",
+                        help="only count each chapter's training FLOPs (a dry run) into reference/costs/")
     args = parser.parse_args(argv)
     try:
-        folder, runs = run_all(args.profile, args.chapters, args.out, args.timeout)
+        if args.price:
+            folder, runs = price(args.profile, args.chapters, args.out, args.timeout)
+        else:
+            folder, runs = run_all(args.profile, args.chapters, args.out, args.timeout)
     except ReferenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

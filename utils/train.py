@@ -393,6 +393,31 @@ def describe_run(net, train_iter, *, name, device, epochs, lr, dtype, channels_l
             **({"world_size": distributed.world_size()} if distributed.active() else {})}
 
 
+# ----------------------------------------------------------------------------- cost ledger
+
+def cost_ledger_path() -> Path:
+    """Every ``fit`` call appends one line here: what it trained and what that cost."""
+    return config.results_dir() / "costs.jsonl"
+
+
+def log_cost(history: History, first_epoch: int) -> None:
+    """Append this call's training cost to the ledger (rank 0 only): the epochs it trained
+    times the planned FLOPs of one epoch (a dry run's cut epochs count at their planned size,
+    so a dry run prices the real run). ``utils.reference`` sums the lines of each chapter."""
+    meta = history.meta
+    trained = history.epochs - first_epoch
+    if not distributed.is_main() or not trained:
+        return
+    per_epoch = (meta.get("train_flops_per_example") or 0) * (meta.get("train_examples") or 0)
+    line = {"name": meta.get("name"), "profile": meta.get("profile"), "epochs": trained,
+            "train_flops": per_epoch * trained or None,
+            "seconds": round(sum(history.seconds[first_epoch:]), 2), "dry_run": bool(meta.get("max_steps"))}
+    path = cost_ledger_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:  # one short line per call: appends do not interleave
+        handle.write(json.dumps(line) + "\n")
+
+
 # ----------------------------------------------------------------------------- fit
 
 def fit(net: nn.Module, train_iter, test_iter, *, epochs: int, lr: float, device=None,
@@ -458,6 +483,7 @@ def fit(net: nn.Module, train_iter, test_iter, *, epochs: int, lr: float, device
         _announce_dry_run(train_iter, test_iter)
     view = ProgressView(history, epochs, min(len(train_iter), config.max_steps() or len(train_iter)), progress)
     loop = _EpochLoop(step, sched, history, view, train_iter, test_iter, channels_last, checkpoint, settings)
+    first_epoch = history.epochs
     try:
         with runtime.cudnn_autotuning(device.type == "cuda"):
             for epoch in range(history.epochs, epochs):
@@ -470,6 +496,7 @@ def fit(net: nn.Module, train_iter, test_iter, *, epochs: int, lr: float, device
         raise
     finally:
         view.close()
+        log_cost(history, first_epoch)
     view.final(show_plot=False)
     return history
 
