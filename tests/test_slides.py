@@ -73,3 +73,32 @@ def test_fix_rules():
 def test_missing_metadata_is_reported():
     nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": "# Title"}]}
     assert slides.problems(nb) == ["cell 0: no slideshow metadata"]
+
+
+def test_deck_from_a_reference_run_loads_nothing_from_the_network(tmp_path, monkeypatch):
+    """The deck takes the reference run's outputs, the current slide metadata, and local assets."""
+    import nbformat
+
+    from utils import reference, site
+
+    if not (slides.NODE / "reveal.js").is_dir():
+        pytest.skip("node_modules is missing: npm ci")
+    root = tmp_path / "reference"
+    (root / "quick-cpu" / "03_nin").mkdir(parents=True)
+    (root / "quick-cpu" / "machine.json").write_text("{}")
+    ran = nbformat.read(REPO_ROOT / "chapters" / "03_nin.ipynb", as_version=4)
+    first = next(c for c in ran.cells if c.cell_type == "code" and slides.slide_type(c) not in slides.HIDDEN)
+    first.outputs = [nbformat.v4.new_output("stream", name="stdout", text="from the reference run\n")]
+    for c in ran.cells:
+        c.metadata["slideshow"] = {"slide_type": "skip"}   # stale metadata: not used
+    nbformat.write(ran, root / "quick-cpu" / "03_nin" / "notebook.ipynb")
+    monkeypatch.setattr(reference, "REFERENCE_ROOT", root)
+    notebook = slides.executed_notebook("03_nin", "quick", log=lambda *a: None)
+    shown = next(c for c in notebook.cells if c.cell_type == "code" and slides.slide_type(c) not in slides.HIDDEN)
+    assert shown.outputs[0]["text"] == "from the reference run\n"
+    assert slides.problems(notebook) == []
+    path = slides.deck("03_nin", out=tmp_path / "slides", notebook=notebook, log=lambda *a: None)
+    assert (tmp_path / "slides" / "reveal.js" / "dist" / "reveal.js").is_file()
+    page = path.read_text()
+    assert "from the reference run" in page and 'src="assets/require.js"' in page
+    assert site.external_assets(path.parent) == {}
