@@ -261,8 +261,9 @@ def copy_assets(out: Path) -> None:
                              ("reveal.js/plugin", NODE / "reveal.js" / "plugin"),
                              ("assets/mathjax", NODE / "mathjax" / "es5")):
         target = out / name
-        if not target.is_dir():
-            shutil.copytree(source_dir, target)
+        if not target.is_dir():   # only the white theme: the others @import fonts from Google
+            shutil.copytree(source_dir, target, ignore=lambda folder, names: [
+                n for n in names if folder.endswith("theme") and n.endswith(".css") and n != "white.css"])
     (out / "assets").mkdir(parents=True, exist_ok=True)
     shutil.copy2(NODE / "requirejs" / "require.js", out / "assets" / "require.js")
     shutil.copy2(NODE / "jquery" / "dist" / "jquery.min.js", out / "assets" / "jquery.min.js")
