@@ -5,8 +5,8 @@ import torchvision
 
 from utils import profile
 from utils.checks import InputSizeError
-from utils.models import (BottleneckBlock, PreActBlock, ResidualBlock, preact_resnet18, resnet18,
-                          resnet34, resnet50)
+from utils.models import (BottleneckBlock, PreActBlock, ResidualBlock, ResNeXtBlock,
+                          preact_resnet18, resnet18, resnet34, resnet50, resnext50_32x4d)
 
 FACTORIES = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 
@@ -212,3 +212,108 @@ def test_resnet18_stage_diagram():
     assert sum(n for _, _, n in blocks) == 8 and [r.times for r in diagram.repeats()] == [2]
     # one box layer per distinct module: 4 stem + 8 blocks (5 each) + 3 projections (2) + pool + fc
     assert diagram.layer_count() == sum(1 for m in net.modules() if not list(m.children())) == 52
+
+
+def test_orderings_diagram():
+    """Section 3.4: original (ReLU after the addition) beside pre-activation (addition last)."""
+    from utils import plot
+    original, preact = ResidualBlock(64, 64), PreActBlock(64, 64)
+    diagram = plot.compare_architectures({"Original": (original, (64, 56, 56)),
+                                          "Pre-activation": (preact, (64, 56, 56))})
+    assert [title for title, _ in diagram.parts] == ["Original", "Pre-activation"]
+    kinds = [[box.kind for box, _ in diagram.boxes(part)] for part in (0, 1)]
+    assert kinds[0][-2:] == ["add", "ReLU"] and kinds[1][-1] == "add"  # nothing after the add
+    assert kinds[1][1:3] == ["BatchNorm2d", "ReLU"] and kinds[0][1] == "Conv2d"
+    for part, (block, branch) in enumerate(((original, 5), (preact, 6))):
+        (parallel,) = diagram.parallels(part)  # conv-BN-ReLU-conv-BN / BN-ReLU-conv twice
+        assert sorted(len(b.items) for b in parallel.branches) == [0, branch]
+        assert diagram.layer_count(part) == leaf_calls(block, (64, 56, 56))
+        assert diagram.repeats(part) == []
+
+
+def test_resnet34_stage_diagram_beside_resnet18():
+    from utils import plot
+
+    def label(block, name):
+        conv = block.conv1
+        shortcut = "" if block.downsample is None else f", /{conv.stride[0]}, 1×1 projection"
+        return f"basic block {conv.in_channels}→{conv.out_channels}{shortcut}"
+
+    nets = {"ResNet-18": resnet18(1000, 3), "ResNet-34": resnet34(1000, 3)}
+    diagram = plot.compare_architectures({k: (net, (3, 224, 224)) for k, net in nets.items()},
+                                         blocks=(ResidualBlock,), block_label=label)
+    assert [r.times for r in diagram.repeats(0)] == [2]
+    assert sorted(r.times for r in diagram.repeats(1)) == [2, 3, 3, 5]
+    for part, (net, layers) in enumerate(((nets["ResNet-18"], (2, 2, 2, 2)),
+                                          (nets["ResNet-34"], (3, 4, 6, 3)))):
+        blocks = [(box, n) for box, n in diagram.boxes(part) if box.kind == "ResidualBlock"]
+        assert sum(n for _, n in blocks) == sum(layers)
+        projections = [box.text for box, n in blocks if "projection" in box.text]
+        assert len(projections) == 3 and all(n == 1 for box, n in blocks if "projection" in box.text)
+        assert [box.shape for box, _ in blocks][-1] == (512, 7, 7)
+        assert diagram.layer_count(part) == sum(1 for m in net.modules() if not list(m.children()))
+        assert diagram.parallels(part) == []  # blocks drawn as single boxes
+
+
+def test_grouped_convolution_saving():
+    dense = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False)
+    grouped = torch.nn.Conv2d(128, 128, 3, padding=1, groups=32, bias=False)
+    assert profile.count_params(dense) == 32 * profile.count_params(grouped) == 147_456
+    assert profile.count_flops(dense, (1, 128, 56, 56)) == 32 * profile.count_flops(grouped, (1, 128, 56, 56))
+
+
+def test_resnext_block():
+    block = ResNeXtBlock(256, 64)
+    assert block.conv2.groups == 32 and block.conv2.in_channels == block.conv2.out_channels == 128
+    assert profile.count_params(block) == 71_168 == profile.count_params(BottleneckBlock(256, 64)) + 768
+    assert ResNeXtBlock(256, 128, stride=2)(torch.randn(1, 256, 8, 8)).shape == (1, 512, 4, 4)
+    assert ResNeXtBlock(256, 128, stride=2).conv2.out_channels == 256  # 32 paths of 8
+
+
+def test_resnext_diagram():
+    from utils import plot
+    block = ResNeXtBlock(256, 64)
+    diagram = plot.compare_architectures({"ResNet-50 block": (BottleneckBlock(256, 64), (256, 56, 56)),
+                                          "ResNeXt-50 block": (block, (256, 56, 56))})
+    for part in (0, 1):
+        (parallel,) = diagram.parallels(part)
+        assert sorted(len(branch.items) for branch in parallel.branches) == [0, 8]
+    assert diagram.layer_count(1) == leaf_calls(block, (256, 56, 56)) == 9
+    convs = [(box.text, box.shape) for box, _ in diagram.boxes(1) if box.kind == "Conv2d"]
+    assert convs[1] == ("Conv 3×3, p1, g32", (128, 56, 56))
+    assert [shape for _, shape in convs] == [(128, 56, 56), (128, 56, 56), (256, 56, 56)]
+
+
+def test_resnext50_matches_torchvision():
+    from utils import references
+    from utils.weights import copy_weights_by_position, max_output_difference
+    torch.manual_seed(0)
+    reference = torchvision.models.resnext50_32x4d(weights=None)
+    randomize_batch_norms(reference)
+    with torch.device("meta"):
+        ours = resnext50_32x4d(1000, 3)
+    assert profile.count_params(ours) == profile.count_params(reference) == references.value("resnext50.params")
+    assert profile.count_flops(ours, (1, 3, 224, 224)) == profile.count_flops(reference, (1, 3, 224, 224))
+    assert round(profile.count_flops(ours, (1, 3, 224, 224)) / 2e9, 2) == references.value("resnext50.gmacs")
+    copy_weights_by_position(reference, ours)
+    assert max_output_difference(reference, ours, (1, 3, 128, 128)) < 1e-4
+
+
+def test_zero_init_network_is_its_shortest_path():
+    """Section 8.3: with zeroed branches ResNet-50's blocks are identities or projections."""
+    torch.manual_seed(0)
+    net = resnet50(zero_init_residual=True).eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        h = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
+            for block in stage:
+                assert torch.count_nonzero(block.residual(h)) == 0
+                h = block(h)
+        torch.testing.assert_close(net(x), net.fc(torch.flatten(net.avgpool(h), 1)))
+    shortest = torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
+                                   *[torch.nn.Sequential(stage[0].downsample, torch.nn.ReLU())
+                                     for stage in (net.layer1, net.layer2, net.layer3, net.layer4)],
+                                   net.avgpool, torch.nn.Flatten(), net.fc)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), shortest(x))
