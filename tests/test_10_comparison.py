@@ -24,13 +24,14 @@ IMAGENET_REFERENCE = {
     "ResNet-18": (11_689_512, 1.814),               # torchvision
     "ResNet-34": (21_797_672, 3.664),               # torchvision
     "ResNet-50": (25_557_032, 4.089),               # torchvision (v1.5)
+    "ResNeXt-50 (32x4d)": (25_028_904, 4.23),       # torchvision (given to two decimals)
     "Inception-v3": (23_834_568, 5.713),            # torchvision/timm, no auxiliary head
     "Inception-v4": (42_679_816, 12.28),            # timm inception_v4
     "Inception-ResNet-v2": (55_843_464, 13.18),     # timm inception_resnet_v2
 }
 # timm's published GMACs come from another counter: FlopCounterMode on timm's own
 # inception_v4 / inception_resnet_v2 gives 12.254 / 13.156, within 0.3% of them.
-GMACS_TOLERANCE = {"Inception-v4": 0.003, "Inception-ResNet-v2": 0.003}
+GMACS_TOLERANCE = {"Inception-v4": 0.003, "Inception-ResNet-v2": 0.003, "ResNeXt-50 (32x4d)": 0.002}
 # Fashion-MNIST configurations of the book (REFERENCES.md: D2L)
 FASHION_REFERENCE = {"AlexNet (D2L)": 46_764_746, "GoogLeNet": 5_977_530}
 
@@ -67,6 +68,7 @@ def test_paper_errors_are_the_reference_numbers():
         "AlexNet (paper layout)": (40.7, 18.2, "10 crops"), "VGG-16": (25.6, 8.1, "dense evaluation at one test scale"),
         "GoogLeNet": (None, 10.07, "1 crop"), "ResNet-18": (27.88, None, "10 crops"),
         "ResNet-34": (24.52, 7.46, "10 crops"), "ResNet-50": (22.85, 6.71, "10 crops"),
+        "ResNeXt-50 (32x4d)": (22.2, None, "one 224x224 crop"),
         "BN-Inception": (25.2, 7.82, "1 crop"), "Inception-v3": (21.2, 5.6, "1 crop, 299 px"),
         "Inception-v4": (20.0, 5.0, "1 crop"), "Inception-ResNet-v1": (21.3, 5.5, "1 crop"),
         "Inception-ResNet-v2": (19.9, 4.9, "1 crop")}
@@ -165,7 +167,7 @@ def test_markdown_table_and_command(tmp_path, monkeypatch):
         comparison.Entry("Later", "later", "09", 96, None)))
     text = comparison.markdown_table(module=fake)
     assert text == comparison.markdown_table(module=fake), "deterministic"
-    assert "| Tiny | 01 | 32 | 90 | 0.000 | 64 | 5,112 | 0.000 | 24.52 / 7.46 (He et al. 2016, ILSVRC-2012 validation set; 10 crops) | not run |" in text
+    assert "| Tiny | 01 | 32 | 90 | 0.000 | 0.00 | 64 | 5,112 | 0.000 | 24.52 / 7.46 (He et al. 2016, ILSVRC-2012 validation set; 10 crops) | not run |" in text
     assert "| Later | 09 | 96 | not exported yet |" in text
     _history(0.5, profile="smoke").save(tmp_path / "histories" / "tiny-smoke.json")
     assert "not run" in comparison.markdown_table(module=fake).splitlines()[2]  # smoke excluded
@@ -175,3 +177,65 @@ def test_markdown_table_and_command(tmp_path, monkeypatch):
     output = tmp_path / "table.md"
     assert comparison.main(["--output", str(output)]) == 0
     assert output.read_text().startswith("| model | chapter |")
+
+
+# ----------------------------------------------------------------------------- activation memory
+
+def _conv_relu_linear(inplace=False):
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(inplace=inplace), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_activation_bytes_by_hand(inplace):
+    # batch 2, 8x8: the convolution saves its input (2*1*8*8 floats), the ReLU its output
+    # (2*4*6*6), the linear layer a view of that output (not counted again); weights excluded
+    expected = (2 * 1 * 8 * 8 + 2 * 4 * 6 * 6) * 4
+    assert comparison.activation_bytes(_conv_relu_linear(inplace), (2, 1, 8, 8)) == expected
+    with torch.device("meta"):
+        on_meta = _conv_relu_linear(inplace)
+    assert comparison.activation_bytes(on_meta, (2, 1, 8, 8)) == expected
+    # average pooling needs no values for its backward: the conv output is not kept
+    pooled = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    assert comparison.activation_bytes(pooled, (1, 1, 32, 32)) == (32 * 32 + 4) * 4
+
+
+def test_activation_bytes_meta_matches_cpu_and_scales_with_batch():
+    net = MODELS.lenet()
+    with torch.device("meta"):
+        on_meta = MODELS.lenet()
+    assert comparison.activation_bytes(net, (2, 1, 28, 28)) == comparison.activation_bytes(on_meta, (2, 1, 28, 28))
+    assert comparison.activation_bytes(on_meta, (4, 1, 28, 28)) == 2 * comparison.activation_bytes(on_meta, (2, 1, 28, 28))
+    assert net.training  # mode restored
+
+
+def test_activation_column_in_the_rows():
+    row = comparison.complexity(ENTRIES["LeNet"], MODELS)
+    assert 0 < row["fashion"]["activations"] < 1e6
+    vgg = comparison.complexity(ENTRIES["VGG-16"], MODELS)
+    assert vgg["fashion"]["activations"] > 100 * row["fashion"]["activations"]
+    assert "activations" not in vgg["imagenet"]  # counted at the chapter's input size only
+
+
+# ----------------------------------------------------------------------------- equal budget and curves
+
+@pytest.mark.parametrize("flops, budget, batch", [(1e6, 1e9, 64), (2.7e9, 3e11, 64), (2e6, 4e11, 64), (1e9, 1e8, 16)])
+def test_budget_plan_spends_the_budget(flops, budget, batch):
+    plan = comparison.budget_plan(int(flops), budget, batch)
+    assert plan["subset"] % batch == 0 and plan["subset"] <= 60_000
+    assert plan["images"] == plan["subset"] * plan["epochs"] and plan["flops"] == plan["images"] * int(flops)
+    if flops * batch <= budget:  # at least one batch fits: never over, and less than one batch per epoch short
+        assert plan["flops"] <= budget
+        assert budget - plan["flops"] < (batch * plan["epochs"] + batch) * flops
+    else:
+        assert plan["images"] == batch and plan["epochs"] == 1
+
+
+def test_budget_plan_spreads_large_budgets_over_epochs():
+    plan = comparison.budget_plan(1_000_000, 2e11, 100)  # 200,000 images: 4 passes of 50,000
+    assert (plan["epochs"], plan["subset"], plan["images"]) == (4, 50_000, 200_000)
+
+
+def test_curve_series_leaves_out_runs_without_history():
+    runs = {"A": ("quick", _history(0.5, epochs=3)), "B": None}
+    assert comparison.curve_series(runs) == {"A (quick)": ([1, 2, 3], [0.5, 0.5, 0.5])}
+    assert comparison.curve_series(runs, "train_loss")["A (quick)"][1] == [0.5, 0.5, 0.5]

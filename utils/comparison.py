@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from . import config, profile, references, train
+from .runtime import eval_mode
 
 #: Profiles whose saved histories are looked for, the most trustworthy first.
 PROFILE_ORDER = ("full", "quick", "smoke")
@@ -94,11 +95,13 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("NiN", "nin", "03", 224, 224),
     Entry("GoogLeNet", "googlenet", "04", 96, 224, errors=(None, "googlenet.top5.1crop")),
     Entry("BN-LeNet", "bn_lenet", "05", 28, None),
+    Entry("NiN (batch norm)", "nin_bn", "05", 224, 224),
     Entry("BN-LeNet (nn.BatchNorm)", "bn_lenet_concise", "05", 28, None),
     Entry("ResNet-18", "resnet18", "06", 96, 224, errors=("resnet18.top1", None)),
     Entry("ResNet-18 (pre-activation)", "preact_resnet18", "06", 96, 224),
     Entry("ResNet-34", "resnet34", "06", 96, 224, errors=("resnet34.top1", "resnet34.top5")),
     Entry("ResNet-50", "resnet50", "06", 96, 224, errors=("resnet50.top1", "resnet50.top5")),
+    Entry("ResNeXt-50 (32x4d)", "resnext50_32x4d", "06", 96, 224, errors=("resnext50.top1", None)),
     Entry("BN-Inception", "inception_bn", "07", 96, 224,
           errors=("bn_inception.top1", "bn_inception.top5")),
     # chapter 07 trains Inception-v3 at 79 px with a stride-1 stem and its auxiliary head;
@@ -187,8 +190,43 @@ def input_shape(entry: Entry, setting: str, batch: int = 1) -> tuple[int, int, i
     return (batch, 3, entry.imagenet_size, entry.imagenet_size)
 
 
+def activation_bytes(net: torch.nn.Module, input_shape) -> int:
+    """Bytes that autograd keeps for the backward pass of one training-mode forward pass.
+
+    Counted with ``torch.autograd.graph.saved_tensors_hooks``: every tensor an operation
+    saves for its backward (the inputs of convolutions and linear layers, the outputs of
+    ReLUs, batch-norm statistics, pooling indices, dropout masks, the input image itself),
+    each storage once at its full size, parameters excluded. Gradients, optimizer state and
+    the workspace of the kernels are not counted. Works on the ``meta`` device (shapes only).
+    Run it with a batch of at least 2 (batch norm refuses a single value per channel) and
+    divide by the batch for a per-image figure.
+    """
+    parameters = {id(p) for p in net.parameters()}
+    device = next(iter(net.parameters())).device
+    sizes = {}
+
+    def pack(tensor):
+        base = tensor._base if tensor._base is not None else tensor
+        if id(tensor) not in parameters and id(base) not in parameters:
+            key = id(base) if device.type == "meta" else base.untyped_storage().data_ptr()
+            sizes[key] = max(sizes.get(key, 0), base.numel() * base.element_size())
+        return tensor
+
+    x = torch.zeros(tuple(input_shape), device=device)
+    with eval_mode(net, training=True), torch.enable_grad():
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            net(x)
+    return sum(sizes.values())
+
+
+#: Batch used to count activation memory (batch norm needs more than one value per channel).
+ACTIVATION_BATCH = 2
+
+
 def complexity(entry: Entry, module=None) -> dict:
-    """Parameters and forward FLOPs (batch 1) for Fashion-MNIST and ImageNet, counted on meta."""
+    """Parameters and forward FLOPs (batch 1) for Fashion-MNIST and ImageNet, and activation
+    bytes per training image at the chapter's Fashion-MNIST input (:func:`activation_bytes`
+    at batch 2, halved), all counted on meta."""
     row = {}
     for setting in ("fashion", "imagenet"):
         shape = input_shape(entry, setting)
@@ -197,6 +235,9 @@ def complexity(entry: Entry, module=None) -> dict:
             continue
         net = build(entry, setting, "meta", module)
         row[setting] = {"params": profile.count_params(net), "flops": profile.count_flops(net, shape)}
+        if setting == "fashion":  # the chapter's training input
+            batch_shape = input_shape(entry, setting, batch=ACTIVATION_BATCH)
+            row[setting]["activations"] = activation_bytes(net, batch_shape) // ACTIVATION_BATCH
     return row
 
 
@@ -243,19 +284,52 @@ def error_cell(value) -> str:
     return "–" if value is None else f"{value:g}"
 
 
+def budget_plan(train_flops_per_image: int, budget: float, batch_size: int,
+                train_examples: int = 60_000) -> dict:
+    """How many training images a model of ``train_flops_per_image`` (forward + backward)
+    may process within ``budget`` FLOPs: whole batches, at least one. When that is more than
+    ``train_examples``, the images are spread over ``epochs`` passes of an equal ``subset``.
+
+    Returns ``images`` (processed in all), ``epochs``, ``subset`` (distinct images, a multiple
+    of the batch) and ``flops`` (spent: images x per-image FLOPs; above the budget only when
+    a single batch already is).
+    """
+    if train_flops_per_image <= 0 or budget <= 0:
+        raise ValueError("FLOPs per image and the budget must be positive")
+    batches = max(1, int(budget // (train_flops_per_image * batch_size)))
+    per_epoch = max(1, train_examples // batch_size)
+    epochs = -(-batches // per_epoch)
+    subset = (batches // epochs) * batch_size
+    images = subset * epochs
+    return {"images": images, "epochs": epochs, "subset": subset,
+            "flops": images * train_flops_per_image}
+
+
+def curve_series(runs: dict, key: str = "test_acc") -> dict:
+    """``{label (profile): (epochs, values)}`` for every run found; ``runs`` maps a label
+    to :func:`find_history`'s result (None: no saved history, left out)."""
+    series = {}
+    for label, found in runs.items():
+        if found is None:
+            continue
+        run_profile, history = found
+        series[f"{label} ({run_profile})"] = (list(range(1, history.epochs + 1)), list(getattr(history, key)))
+    return series
+
+
 # ----------------------------------------------------------------------------- tables
 
 def text_table(rows: dict, entries=None) -> str:
     """The deterministic complexity table as text (parameters, GFLOPs, GMACs)."""
     entries = {e.label: e for e in (entries or ENTRIES)}
-    header = (f"{'model':<27}{'ch':<4}{'FM px':>6}{'FM params':>13}{'FM GFLOPs':>11}"
+    header = (f"{'model':<27}{'ch':<4}{'FM px':>6}{'FM params':>13}{'FM GFLOPs':>11}{'FM act. MB':>11}"
               f"{'IN px':>7}{'IN params':>13}{'IN GMACs':>10}")
     lines = [header, "-" * len(header)]
     for label, row in rows.items():
         entry = entries[label]
         fm = row["fashion"]
         line = (f"{label:<27}{entry.chapter:<4}{entry.train_size:>6}{fm['params']:>13,}"
-                f"{fm['flops'] / 1e9:>11.3f}")
+                f"{fm['flops'] / 1e9:>11.3f}{fm['activations'] / 2**20:>11.2f}")
         if row["imagenet"] is None:
             line += f"{'–':>7}{'–':>13}{'–':>10}"
         else:
@@ -274,15 +348,16 @@ def markdown_table(include_smoke: bool = False, module=None, rows: dict | None =
     rows = rows or {}
     profiles = PROFILE_ORDER if include_smoke else tuple(p for p in PROFILE_ORDER if p != "smoke")
     lines = [
-        "| model | chapter | Fashion-MNIST px | params (FM) | GFLOPs (FM) | ImageNet px "
+        "| model | chapter | Fashion-MNIST px | params (FM) | GFLOPs (FM) "
+        "| activations MiB per training image (FM) | ImageNet px "
         "| params (ImageNet) | GMACs (ImageNet) | ImageNet top-1 / top-5 error % (paper) "
         "| Fashion-MNIST test acc (profile, epochs, px) |",
-        "|---|---|--:|--:|--:|--:|--:|--:|---|---|",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|",
     ]
     for entry in ENTRIES:
         if not hasattr(module, entry.factory):
             lines.append(f"| {entry.label} | {entry.chapter} | {entry.train_size} | "
-                         f"not exported yet | | | | | | |")
+                         f"not exported yet | | | | | | | |")
             continue
         row = rows.get(entry.label) or complexity(entry, module)
         fm, im = row["fashion"], row["imagenet"]
@@ -291,14 +366,16 @@ def markdown_table(include_smoke: bool = False, module=None, rows: dict | None =
         errors = (f"{error_cell(entry.top1)} / {error_cell(entry.top5)} ({entry.source})"
                   if entry.source else "–")
         lines.append(f"| {entry.label} | {entry.chapter} | {entry.train_size} | {fm['params']:,} | "
-                     f"{fm['flops'] / 1e9:.3f} | {imagenet} | {errors} | "
+                     f"{fm['flops'] / 1e9:.3f} | {fm['activations'] / 2**20:.2f} | {imagenet} | {errors} | "
                      f"{accuracy_cell(entry, profiles)} |")
     notes = [
         "",
         "FM: Fashion-MNIST configuration (1 channel, 10 classes) at the chapter's training "
         "resolution; ImageNet: 3 channels, 1000 classes. FLOPs = 2 x multiply-adds, forward "
         "pass, batch 1, counted with `utils.profile.count_flops` (convolutions and linear "
-        "layers). Errors are the papers' (see `REFERENCES.md`); a blank means none is recorded "
+        "layers). Activations: bytes of the float32 tensors autograd saves for the backward pass "
+        "of one training image (`utils.comparison.activation_bytes`: each saved storage once, "
+        "parameters, gradients and optimizer state excluded). Errors are the papers' (see `REFERENCES.md`); a blank means none is recorded "
         "there. Accuracies are read from `results/histories/` with the profile, epochs, "
         "resolution and number of training images of the run; `quick` runs are reduced (subsets, "
         "sometimes a lower resolution or fewer blocks: see each chapter's settings) and only "

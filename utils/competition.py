@@ -83,7 +83,7 @@ def gallery_figure(images: torch.Tensor, true, predicted, class_names, *, column
     for ax, image, t, p in zip(axes.flat, images, _labels(true), _labels(predicted)):
         picture = image.detach().cpu().float().permute(1, 2, 0).squeeze(-1)
         picture = picture / 255 if image.dtype == torch.uint8 else picture
-        ax.imshow(picture, cmap="gray_r" if picture.dim() == 2 else None)
+        ax.imshow(picture.numpy(), cmap="gray_r" if picture.dim() == 2 else None)
         ax.set_title(f"{class_names[int(t)]}\n-> {class_names[int(p)]}", fontsize=7)
     if n == 0:
         axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
