@@ -110,11 +110,11 @@ ENTRIES: tuple[Entry, ...] = (
           errors=("inception_v3.top1", "inception_v3.top5"),
           fashion_kwargs={"stem_stride": 1, "stem_pool": False},
           imagenet_kwargs={"aux_logits": False}),
-    Entry("Inception-v4", "inception_v4", "07", 96, 299,
+    Entry("Inception-v4", "inception_v4", "07", 139, 299,
           errors=("inception_v4.top1", "inception_v4.top5")),
-    Entry("Inception-ResNet-v1", "inception_resnet_v1", "07", 96, 299,
+    Entry("Inception-ResNet-v1", "inception_resnet_v1", "07", 139, 299,
           errors=("inception_resnet_v1.top1", "inception_resnet_v1.top5")),
-    Entry("Inception-ResNet-v2", "inception_resnet_v2", "07", 96, 299,
+    Entry("Inception-ResNet-v2", "inception_resnet_v2", "07", 139, 299,
           errors=("inception_resnet_v2.top1", "inception_resnet_v2.top5")),
 )
 

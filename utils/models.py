@@ -498,10 +498,11 @@ def nin_bn(num_classes=10, in_channels=1):
 
 # ------------------------------ 06_resnet.ipynb
 
-def resnet_conv3x3(in_channels, out_channels, stride=1):
-    """3x3 convolution, padding 1, no bias (the batch norm that follows supplies the shift)."""
+def resnet_conv3x3(in_channels, out_channels, stride=1, groups=1):
+    """3x3 convolution, padding 1, no bias (the batch norm that follows supplies the shift).
+    ``groups`` > 1 makes it a grouped convolution (ResNeXt, section 3.6)."""
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1,
-                     bias=False)
+                     groups=groups, bias=False)
 
 
 def resnet_conv1x1(in_channels, out_channels, stride=1):
@@ -521,11 +522,39 @@ def resnet_use_projection(in_channels, out_channels, stride, use_projection=None
     return bool(use_projection)
 
 
-class ResidualBlock(nn.Module):
+def resnet_projection(in_channels, out_channels, stride=1, use_projection=None):
+    """Shortcut of an original (post-activation) block: 1x1 conv + BN, or None for the identity."""
+    if not resnet_use_projection(in_channels, out_channels, stride, use_projection):
+        return None
+    return nn.Sequential(resnet_conv1x1(in_channels, out_channels, stride),
+                         nn.BatchNorm2d(out_channels))
+
+
+class ResNetBlock(nn.Module):
+    """What every residual block shares: y = ReLU(residual(x) + shortcut(x)), and zero_residual_.
+
+    A subclass builds its layers (torchvision's names: conv1, bn1, ..., relu, downsample) and
+    defines ``residual``; the class attributes tell ``ResNet`` how the block fits in.
+    """
+    expansion = 1           # output channels = channels * expansion
+    num_convs = 2           # weighted layers on the residual branch (counted in the depth)
+    pre_activation = False  # True: the block ends with a conv (the network adds a last BN-ReLU)
+    last_layer = "bn2"      # the layer zero_residual_ sets to zero
+
+    def shortcut(self, x):
+        """The identity, or the projection where the shape changes."""
+        return x if self.downsample is None else self.downsample(x)
+
+    def forward(self, x):
+        return self.relu(self.residual(x) + self.shortcut(x))
+
+    def zero_residual_(self):
+        """Zero the branch's last layer: the branch outputs 0 and the block starts near identity."""
+        nn.init.zeros_(getattr(self, self.last_layer).weight)
+
+
+class ResidualBlock(ResNetBlock):
     """ResNet-18/34 block: two 3x3 convs with BN, a shortcut, and ReLU after the addition."""
-    expansion = 1
-    num_convs = 2
-    pre_activation = False
 
     def __init__(self, in_channels, channels, stride=1, use_projection=None):
         super().__init__()
@@ -535,28 +564,18 @@ class ResidualBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = resnet_conv3x3(channels, out_channels)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        # torchvision's name for the projection shortcut; None means the identity
-        self.downsample = None
-        if resnet_use_projection(in_channels, out_channels, stride, use_projection):
-            self.downsample = nn.Sequential(resnet_conv1x1(in_channels, out_channels, stride),
-                                            nn.BatchNorm2d(out_channels))
+        # torchvision's name for the shortcut: a projection, or None for the identity
+        self.downsample = resnet_projection(in_channels, out_channels, stride, use_projection)
 
-    def zero_residual_(self):
-        """Set the last BN's scale to 0: the branch outputs 0 and the block starts near identity."""
-        nn.init.zeros_(self.bn2.weight)
-
-    def forward(self, x):
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + shortcut)
+    def residual(self, x):
+        """The branch g(x): conv-BN-ReLU-conv-BN."""
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
 
-class PreActBlock(nn.Module):
+class PreActBlock(ResNetBlock):
     """Full pre-activation block (He et al., 2016b): BN-ReLU-conv twice, nothing after the add."""
-    expansion = 1
-    num_convs = 2
     pre_activation = True
+    last_layer = "conv2"  # zeroing the last convolution makes the block exactly the identity
 
     def __init__(self, in_channels, channels, stride=1, use_projection=None):
         super().__init__()
@@ -570,120 +589,120 @@ class PreActBlock(nn.Module):
         if resnet_use_projection(in_channels, out_channels, stride, use_projection):
             self.downsample = resnet_conv1x1(in_channels, out_channels, stride)
 
-    def zero_residual_(self):
-        """Zero the last convolution: the block becomes exactly the identity."""
-        nn.init.zeros_(self.conv2.weight)
-
     def forward(self, x):
         activated = self.relu(self.bn1(x))
         shortcut = x if self.downsample is None else self.downsample(activated)
-        out = self.conv1(activated)
-        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.conv2(self.relu(self.bn2(self.conv1(activated))))
         return out + shortcut
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(ResNetBlock):
     """ResNet-50/101/152 block: 1x1 reduce, 3x3, 1x1 expand (x4), shortcut, ReLU after the add.
+    ``stride_in_1x1``: False is torchvision's "v1.5" (stride in the 3x3), True the paper's v1.
+    ``groups``, ``base_width``: ResNeXt's grouped 3x3 (section 3.6); the defaults are ResNet's."""
+    expansion, num_convs, last_layer = 4, 3, "bn3"
 
-    ``stride_in_1x1=False`` is torchvision's "v1.5" (stride in the 3x3 conv); ``True`` is the
-    paper's v1 layout (stride in the first 1x1 conv).
-    """
-    expansion = 4
-    num_convs = 3
-    pre_activation = False
-
-    def __init__(self, in_channels, channels, stride=1, use_projection=None, stride_in_1x1=False):
+    def __init__(self, in_channels, channels, stride=1, use_projection=None, stride_in_1x1=False,
+                 groups=1, base_width=64):
         super().__init__()
-        out_channels = channels * self.expansion
+        width, out_channels = int(channels * base_width / 64) * groups, channels * self.expansion
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = resnet_conv1x1(in_channels, channels, stride_1x1)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = resnet_conv3x3(channels, channels, stride_3x3)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.conv3 = resnet_conv1x1(channels, out_channels)
+        self.conv1 = resnet_conv1x1(in_channels, width, stride_1x1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = resnet_conv3x3(width, width, stride_3x3, groups)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = resnet_conv1x1(width, out_channels)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if resnet_use_projection(in_channels, out_channels, stride, use_projection):
-            self.downsample = nn.Sequential(resnet_conv1x1(in_channels, out_channels, stride),
-                                            nn.BatchNorm2d(out_channels))
+        self.downsample = resnet_projection(in_channels, out_channels, stride, use_projection)
 
-    def zero_residual_(self):
-        """Set the last BN's scale to 0: the branch outputs 0 and the block starts near identity."""
-        nn.init.zeros_(self.bn3.weight)
-
-    def forward(self, x):
-        shortcut = x if self.downsample is None else self.downsample(x)
+    def residual(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
+        return self.bn3(self.conv3(out))
+
+
+class ResNeXtBlock(BottleneckBlock):
+    """ResNeXt block (Xie et al., 2017): a bottleneck whose 3x3 convolution is split into
+    ``groups`` (the cardinality) paths of ``channels * base_width / 64`` channels each;
+    the defaults are ResNeXt-50's 32x4d (32 paths of 4 channels in the first stage)."""
+
+    def __init__(self, in_channels, channels, stride=1, use_projection=None, groups=32,
+                 base_width=4):
+        super().__init__(in_channels, channels, stride, use_projection, groups=groups,
+                         base_width=base_width)
+
+
+def resnet_stem(in_channels, small_input=False):
+    """(conv1, bn1, relu, maxpool): 7x7/2 conv and 3x3/2 max-pool, or for 28-32 px images a
+    3x3 stride-1 conv and no pooling."""
+    conv = (resnet_conv3x3(in_channels, 64) if small_input else
+            nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False))
+    pool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
+    return conv, nn.BatchNorm2d(64), nn.ReLU(inplace=True), pool
+
+
+def resnet_final_norm(block, width):
+    """Pre-activation blocks end with a conv: one more BN-ReLU before pooling (else None)."""
+    return nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(inplace=True)) if block.pre_activation else None
+
+
+def resnet_stage(block, in_channels, channels, num_blocks, stride=1, **block_options):
+    """One stage: the first block may change stride and channels, the others keep them."""
+    out_channels = channels * block.expansion
+    blocks = [block(in_channels, channels, stride, **block_options)]
+    blocks += [block(out_channels, channels, **block_options) for _ in range(1, num_blocks)]
+    return nn.Sequential(*blocks)
+
+
+def resnet_stages(block, layers, widths=(64, 128, 256, 512), in_channels=64, **block_options):
+    """The stages: the first keeps the resolution, each later one starts with stride 2."""
+    stages = []
+    for index, (channels, num_blocks) in enumerate(zip(widths, layers)):
+        stages.append(resnet_stage(block, in_channels, channels, num_blocks,
+                                   stride=1 if index == 0 else 2, **block_options))
+        in_channels = channels * block.expansion
+    return stages
+
+
+def resnet_init_(net, zero_init_residual=False):
+    """torchvision's initialisation (He et al., 2015); zero_init_residual zeroes every branch."""
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    if zero_init_residual:  # a second pass: modules() visits a block before its own BNs
+        for module in net.modules():
+            if hasattr(module, "zero_residual_"):
+                module.zero_residual_()
 
 
 class ResNet(nn.Module):
-    """ResNet (He et al., 2016) in torchvision's layout: stem, four stages, average pool, linear.
-
-    ``block``: ResidualBlock, BottleneckBlock or PreActBlock; ``layers``: blocks per stage.
-    ``small_input``: 3x3 stride-1 stem without max-pool (28-32 px images) instead of 7x7/2 + pool.
-    """
-
+    """ResNet (He et al., 2016) in torchvision's layout: stem, four stages, average pool, linear."""
     def __init__(self, block, layers, num_classes=10, in_channels=1, small_input=False,
                  zero_init_residual=False, block_options=None):
         super().__init__()
         self.in_channels, self.small_input = in_channels, small_input
         self.name = f"ResNet-{block.num_convs * sum(layers) + 2}"
-        self.block_options = dict(block_options or {})
-        if small_input:
-            self.conv1 = resnet_conv3x3(in_channels, 64)
-        else:
-            self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
-        self.stage_in_channels = 64  # updated by _make_layer as the stages are built
-        self.layer1 = self._make_layer(block, 64, layers[0], stride=1)
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
-        features = 512 * block.expansion
-        # pre-activation blocks end with a conv: normalize and activate once more before pooling
-        self.final_norm = (nn.Sequential(nn.BatchNorm2d(features), nn.ReLU(inplace=True))
-                           if block.pre_activation else None)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(features, num_classes)
-        self._init_weights(zero_init_residual)
-
-    def _make_layer(self, block, channels, num_blocks, stride):
-        """One stage: the first block may change stride and channels, the others keep them."""
-        blocks = [block(self.stage_in_channels, channels, stride, **self.block_options)]
-        self.stage_in_channels = channels * block.expansion
-        for _ in range(1, num_blocks):
-            blocks.append(block(self.stage_in_channels, channels, **self.block_options))
-        return nn.Sequential(*blocks)
-
-    def _init_weights(self, zero_init_residual):
-        for module in self.modules():  # torchvision's initialisation (He et al., 2015)
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        if zero_init_residual:  # a second pass: modules() visits a block before its own BNs
-            for module in self.modules():
-                if hasattr(module, "zero_residual_"):
-                    module.zero_residual_()
+        self.block_options, width = dict(block_options or {}), 512 * block.expansion
+        self.conv1, self.bn1, self.relu, self.maxpool = resnet_stem(in_channels, small_input)
+        stages = resnet_stages(block, layers, **self.block_options)
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.final_norm = resnet_final_norm(block, width)
+        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(width, num_classes)
+        resnet_init_(self, zero_init_residual)
 
     def forward_features(self, x):
         """The last feature map, (N, 512 * expansion, H/32, W/32): the backbone's output."""
-        check_images(x, model=self.name, in_channels=self.in_channels,
-                     min_size=8 if self.small_input else 32)
+        check_images(x, model=self.name, in_channels=self.in_channels, min_size=8 if self.small_input else 32)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return x if self.final_norm is None else self.final_norm(x)
 
     def forward(self, x):
-        x = self.avgpool(self.forward_features(x))
-        return self.fc(torch.flatten(x, 1))
+        return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
 
 
 def resnet18(num_classes=10, in_channels=1, small_input=False, **options):
@@ -707,6 +726,13 @@ def preact_resnet18(num_classes=10, in_channels=1, small_input=False, **options)
     return ResNet(PreActBlock, (2, 2, 2, 2), num_classes, in_channels, small_input, **options)
 
 
+def resnext50_32x4d(num_classes=10, in_channels=1, small_input=False, **options):
+    """ResNeXt-50 (32x4d), Xie et al. 2017: ResNet-50's stages (3, 4, 6, 3) of ResNeXt blocks."""
+    net = ResNet(ResNeXtBlock, (3, 4, 6, 3), num_classes, in_channels, small_input, **options)
+    net.name = "ResNeXt-50"
+    return net
+
+
 # ------------------------------ 07_inception_v2_v3.ipynb
 
 class BasicConv2d(nn.Module):
@@ -725,13 +751,9 @@ class BasicConv2d(nn.Module):
 
 
 class InceptionBNBlock(nn.Module):
-    """One BN-Inception module (Ioffe & Szegedy 2015, Figure 5): GoogLeNet's block with
-    batch norm after every convolution and its 5x5 branch replaced by two stacked 3x3s.
-
-    With ``stride=2`` it is a grid-reduction module: the 1x1 branch is dropped, the last
-    3x3 of each 3x3 branch has stride 2, and the pooling branch is a stride-2 max pool
-    passed through without projection (``pool_proj=0``).
-    """
+    """One BN-Inception module (Ioffe & Szegedy 2015, Figure 5): GoogLeNet's block with BN after every
+    conv and its 5x5 branch as two stacked 3x3s. ``stride=2`` gives a grid-reduction module: no 1x1
+    branch, the last 3x3s have stride 2, and a stride-2 max pool is passed through (``pool_proj=0``)."""
     def __init__(self, in_channels, ch1x1, ch3x3_reduce, ch3x3, ch3x3dbl_reduce, ch3x3dbl,
                  pool_proj, pool="avg", stride=1):
         super().__init__()
@@ -749,37 +771,44 @@ class InceptionBNBlock(nn.Module):
         self.out_channels = ch1x1 + ch3x3 + ch3x3dbl + (pool_proj or in_channels)
 
     def forward(self, x):
-        branches = [self.branch3x3(x), self.branch3x3dbl(x), self.branch_pool(x)]
-        if self.branch1x1 is not None:
-            branches.insert(0, self.branch1x1(x))
-        return torch.cat(branches, dim=1)
+        first = [self.branch1x1(x)] if self.branch1x1 is not None else []
+        return torch.cat([*first, self.branch3x3(x), self.branch3x3dbl(x), self.branch_pool(x)], dim=1)
+
+
+# BN-Inception's ten modules (Ioffe & Szegedy 2015, Figure 5): (in, #1x1, #3x3 reduce, #3x3,
+# double #3x3 reduce, double #3x3, pool proj, pool, stride). 3c and 4e reduce the grid.
+BN_INCEPTION_CONFIG = {
+    "3a": (192, 64, 64, 64, 64, 96, 32, "avg", 1),
+    "3b": (256, 64, 64, 96, 64, 96, 64, "avg", 1),
+    "3c": (320, 0, 128, 160, 64, 96, 0, "max", 2),
+    "4a": (576, 224, 64, 96, 96, 128, 128, "avg", 1),
+    "4b": (576, 192, 96, 128, 96, 128, 128, "avg", 1),
+    "4c": (576, 160, 128, 160, 128, 160, 128, "avg", 1),
+    "4d": (608, 96, 128, 192, 160, 192, 128, "avg", 1),
+    "4e": (608, 0, 128, 192, 192, 256, 0, "max", 2),
+    "5a": (1056, 352, 192, 320, 160, 224, 128, "avg", 1),
+    "5b": (1024, 352, 192, 320, 192, 224, 128, "max", 1),
+}
+
+
+def bn_inception_stem(in_channels):
+    """GoogLeNet's stem with BN and without LRN: 224 -> 112 -> 56 -> 28 (padded pools)."""
+    return nn.Sequential(
+        BasicConv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        BasicConv2d(64, 64, kernel_size=1),
+        BasicConv2d(64, 192, kernel_size=3, padding=1),
+        nn.MaxPool2d(3, stride=2, padding=1))
 
 
 class InceptionBN(nn.Module):
     """BN-Inception ("Inception v2"), the network of the batch-normalization paper (Figure 5)."""
-    # (in, #1x1, #3x3 reduce, #3x3, double #3x3 reduce, double #3x3, pool proj, pool, stride)
-    CONFIG = {
-        "3a": (192, 64, 64, 64, 64, 96, 32, "avg", 1),
-        "3b": (256, 64, 64, 96, 64, 96, 64, "avg", 1),
-        "3c": (320, 0, 128, 160, 64, 96, 0, "max", 2),
-        "4a": (576, 224, 64, 96, 96, 128, 128, "avg", 1),
-        "4b": (576, 192, 96, 128, 96, 128, 128, "avg", 1),
-        "4c": (576, 160, 128, 160, 128, 160, 128, "avg", 1),
-        "4d": (608, 96, 128, 192, 160, 192, 128, "avg", 1),
-        "4e": (608, 0, 128, 192, 192, 256, 0, "max", 2),
-        "5a": (1056, 352, 192, 320, 160, 224, 128, "avg", 1),
-        "5b": (1024, 352, 192, 320, 192, 224, 128, "max", 1),
-    }
+    CONFIG = BN_INCEPTION_CONFIG
 
     def __init__(self, num_classes=10, in_channels=1):
         super().__init__()
         self.in_channels = in_channels
-        self.stem = nn.Sequential(  # GoogLeNet's stem, with BN and without local response norm
-            BasicConv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
-            nn.MaxPool2d(3, stride=2, padding=1),
-            BasicConv2d(64, 64, kernel_size=1),
-            BasicConv2d(64, 192, kernel_size=3, padding=1),
-            nn.MaxPool2d(3, stride=2, padding=1))
+        self.stem = bn_inception_stem(in_channels)
         self.inception3 = self._make_stage("3a", "3b", "3c")
         self.inception4 = self._make_stage("4a", "4b", "4c", "4d", "4e")
         self.inception5 = self._make_stage("5a", "5b")
@@ -806,8 +835,8 @@ def inception_bn(num_classes=10, in_channels=1):
 class InceptionV3A(nn.Module):
     """Inception-v3 module for the 35x35 grid (paper Figure 5): 5x5 factorized into 3x3s.
 
-    Layout of the released model (TF-slim, torchvision): besides the double-3x3 branch it
-    keeps a 1x1 -> 5x5 branch, which the paper's figure does not show.
+    Layout of the released model (TF-slim, torchvision): where the paper's figure has a
+    1x1 -> 3x3 branch, it has a 1x1 -> 5x5 branch.
     """
     def __init__(self, in_channels, pool_features):
         super().__init__()
@@ -846,12 +875,12 @@ class InceptionV3C(nn.Module):
         self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
 
     def forward(self, x):
-        branch7x7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        branch1x1, branch7x7 = self.branch1x1(x), self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         branch7x7dbl = self.branch7x7dbl_1(x)
         for conv in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
             branch7x7dbl = conv(branch7x7dbl)
         branch_pool = self.branch_pool(self.pool(x))
-        return torch.cat([self.branch1x1(x), branch7x7, branch7x7dbl, branch_pool], dim=1)
+        return torch.cat([branch1x1, branch7x7, branch7x7dbl, branch_pool], dim=1)
 
 
 class InceptionV3E(nn.Module):
@@ -871,13 +900,13 @@ class InceptionV3E(nn.Module):
         self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
 
     def forward(self, x):
-        branch3x3 = self.branch3x3_1(x)
+        branch1x1, branch3x3 = self.branch1x1(x), self.branch3x3_1(x)
         branch3x3 = torch.cat([self.branch3x3_2a(branch3x3), self.branch3x3_2b(branch3x3)], dim=1)
         branch3x3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         branch3x3dbl = torch.cat([self.branch3x3dbl_3a(branch3x3dbl),
                                   self.branch3x3dbl_3b(branch3x3dbl)], dim=1)
         branch_pool = self.branch_pool(self.pool(x))
-        return torch.cat([self.branch1x1(x), branch3x3, branch3x3dbl, branch_pool], dim=1)
+        return torch.cat([branch1x1, branch3x3, branch3x3dbl, branch_pool], dim=1)
 
 
 class InceptionV3B(nn.Module):
@@ -949,51 +978,49 @@ def inception_v3_min_size(stem_stride=2, stem_pool=True, aux=False):
             return side
 
 
-class InceptionV3(nn.Module):
-    """Inception-v3 (Szegedy et al. 2016), layer for layer the released model (torchvision names).
+def inception_v3_lower_layers(in_channels=1, stem_stride=2, stem_pool=True):
+    """Inception-v3 from the input to Mixed_6e (where the auxiliary head branches off), in order and
+    with torchvision's names; ``stem_stride``/``stem_pool`` give the paper's low-resolution variants."""
+    return {
+        "Conv2d_1a_3x3": BasicConv2d(in_channels, 32, kernel_size=3, stride=stem_stride),
+        "Conv2d_2a_3x3": BasicConv2d(32, 32, kernel_size=3),
+        "Conv2d_2b_3x3": BasicConv2d(32, 64, kernel_size=3, padding=1),
+        "maxpool1": nn.MaxPool2d(3, stride=2) if stem_pool else nn.Identity(),
+        "Conv2d_3b_1x1": BasicConv2d(64, 80, kernel_size=1),
+        "Conv2d_4a_3x3": BasicConv2d(80, 192, kernel_size=3),
+        "maxpool2": nn.MaxPool2d(3, stride=2),
+        "Mixed_5b": InceptionV3A(192, pool_features=32),   # 35x35: 64 + 64 + 96 + 32 = 256
+        "Mixed_5c": InceptionV3A(256, pool_features=64),   # 288
+        "Mixed_5d": InceptionV3A(288, pool_features=64),   # 288
+        "Mixed_6a": InceptionV3B(288),                     # 17x17: 384 + 96 + 288 = 768
+        "Mixed_6b": InceptionV3C(768, channels_7x7=128),   # 4 x 192 = 768
+        "Mixed_6c": InceptionV3C(768, channels_7x7=160),
+        "Mixed_6d": InceptionV3C(768, channels_7x7=160),
+        "Mixed_6e": InceptionV3C(768, channels_7x7=192),
+    }
 
-    ``stem_stride`` and ``stem_pool`` give the paper's low-resolution variants (Sec. 7):
-    stride 1 in the first conv, and no max pool after the first three convs.
-    """
-    def __init__(self, num_classes=10, in_channels=1, aux_logits=True, dropout=0.5,
-                 stem_stride=2, stem_pool=True):
+
+class InceptionV3(nn.Module):
+    """Inception-v3 as released (torchvision names); stem_stride=1, stem_pool=False: the paper's Sec. 9 variants."""
+    def __init__(self, num_classes=10, in_channels=1, aux_logits=True, dropout=0.5, stem_stride=2, stem_pool=True):
         super().__init__()
         self.in_channels, self.aux_logits = in_channels, aux_logits
-        self.min_size = inception_v3_min_size(stem_stride, stem_pool)
-        self.aux_min_size = inception_v3_min_size(stem_stride, stem_pool, aux=True)
-        self.Conv2d_1a_3x3 = BasicConv2d(in_channels, 32, kernel_size=3, stride=stem_stride)
-        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
-        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
-        self.maxpool1 = nn.MaxPool2d(3, stride=2) if stem_pool else nn.Identity()
-        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
-        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
-        self.maxpool2 = nn.MaxPool2d(3, stride=2)
-        self.Mixed_5b = InceptionV3A(192, pool_features=32)   # 35x35: 64 + 64 + 96 + 32 = 256
-        self.Mixed_5c = InceptionV3A(256, pool_features=64)   # 288
-        self.Mixed_5d = InceptionV3A(288, pool_features=64)   # 288
-        self.Mixed_6a = InceptionV3B(288)                     # 17x17: 384 + 96 + 288 = 768
-        self.Mixed_6b = InceptionV3C(768, channels_7x7=128)   # 4 x 192 = 768
-        self.Mixed_6c = InceptionV3C(768, channels_7x7=160)
-        self.Mixed_6d = InceptionV3C(768, channels_7x7=160)
-        self.Mixed_6e = InceptionV3C(768, channels_7x7=192)
+        self.min_size, self.aux_min_size = (inception_v3_min_size(stem_stride, stem_pool, aux=aux) for aux in (False, True))
+        lower = inception_v3_lower_layers(in_channels, stem_stride, stem_pool)
+        self.lower_names = tuple(lower)
+        list(map(self.add_module, lower, lower.values()))  # register under torchvision's names, in order
         self.AuxLogits = InceptionV3Aux(768, num_classes) if aux_logits else None
-        self.Mixed_7a = InceptionV3D(768)                     # 8x8: 320 + 192 + 768 = 1280
-        self.Mixed_7b = InceptionV3E(1280)                    # 320 + 768 + 768 + 192 = 2048
-        self.Mixed_7c = InceptionV3E(2048)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(2048, num_classes)
+        # 8x8: 320 + 192 + 768 = 1280 channels, then 320 + 768 + 768 + 192 = 2048
+        self.Mixed_7a, self.Mixed_7b, self.Mixed_7c = InceptionV3D(768), InceptionV3E(1280), InceptionV3E(2048)
+        self.avgpool, self.dropout, self.fc = nn.AdaptiveAvgPool2d(1), nn.Dropout(dropout), nn.Linear(2048, num_classes)
     def forward(self, x):
         check_images(x, model="Inception-v3", in_channels=self.in_channels, min_size=self.min_size)
         if self.AuxLogits is not None and self.training:
             check_images(x, model="Inception-v3 training with its auxiliary classifier (or build it "
                          "with aux_logits=False)", in_channels=self.in_channels, min_size=self.aux_min_size)
-        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
-                     "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
-                     "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"):
+        for name in self.lower_names:
             x = getattr(self, name)(x)
-        # The auxiliary head only trains the lower layers; it is not used for prediction.
-        aux = self.AuxLogits(x) if self.AuxLogits is not None and self.training else None
+        aux = self.AuxLogits(x) if self.AuxLogits is not None and self.training else None  # training only
         x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
         logits = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
         return (logits, aux) if aux is not None else logits
@@ -1006,8 +1033,20 @@ def inception_v3(num_classes=10, in_channels=1, aux_logits=True, **kwargs):
 
 # ------------------------------ 07_inception_v4_resnet.ipynb
 
+def stem_split2_towers(in_channels: int = 160):
+    """Split 2 of Figure 3: a 1x1 -> 3x3 tower beside a 1x1 -> 1x7 -> 7x1 -> 3x3 tower.
+    Both end in a valid 3x3 (73 -> 71) with 96 channels."""
+    short = nn.Sequential(BasicConv2d(in_channels, 64, kernel_size=1),
+                          BasicConv2d(64, 96, kernel_size=3))
+    long = nn.Sequential(BasicConv2d(in_channels, 64, kernel_size=1),
+                         BasicConv2d(64, 64, kernel_size=(1, 7), padding=(0, 3)),
+                         BasicConv2d(64, 64, kernel_size=(7, 1), padding=(3, 0)),
+                         BasicConv2d(64, 96, kernel_size=3))
+    return short, long
+
+
 class InceptionV4Stem(nn.Module):
-    """Figure 3 of the Inception-v4 paper: 299x299 -> 35x35x384."""
+    """Figure 3 of the Inception-v4 paper: 299x299 -> 35x35x384 (``stem_split2_towers`` above)."""
 
     def __init__(self, in_channels: int = 3):
         super().__init__()
@@ -1018,13 +1057,7 @@ class InceptionV4Stem(nn.Module):
         self.split1_pool = nn.MaxPool2d(3, stride=2)
         self.split1_conv = BasicConv2d(64, 96, kernel_size=3, stride=2)
         # split 2 (73 -> 71): two towers that end in a valid 3x3, 96 + 96 = 192 channels
-        self.split2_branch0 = nn.Sequential(BasicConv2d(160, 64, kernel_size=1),
-                                            BasicConv2d(64, 96, kernel_size=3))
-        self.split2_branch1 = nn.Sequential(
-            BasicConv2d(160, 64, kernel_size=1),
-            BasicConv2d(64, 64, kernel_size=(1, 7), padding=(0, 3)),
-            BasicConv2d(64, 64, kernel_size=(7, 1), padding=(3, 0)),
-            BasicConv2d(64, 96, kernel_size=3))
+        self.split2_branch0, self.split2_branch1 = stem_split2_towers(160)
         # split 3 (71 -> 35): strided conv beside a max-pool, 192 + 192 = 384 channels
         self.split3_conv = BasicConv2d(192, 192, kernel_size=3, stride=2)
         self.split3_pool = nn.MaxPool2d(3, stride=2)
@@ -1266,9 +1299,22 @@ class InceptionResNetV1Stem(nn.Module):
         return self.conv6(self.conv5(self.conv4(x)))
 
 
+def mixed_5b_branches(in_channels: int = 192):
+    """The four branches of TF-slim's Mixed_5b (35x35): 96 + 64 + 96 + 64 = 320 channels."""
+    branch0 = BasicConv2d(in_channels, 96, kernel_size=1)
+    branch1 = nn.Sequential(BasicConv2d(in_channels, 48, kernel_size=1),
+                            BasicConv2d(48, 64, kernel_size=5, padding=2))
+    branch2 = nn.Sequential(BasicConv2d(in_channels, 64, kernel_size=1),
+                            BasicConv2d(64, 96, kernel_size=3, padding=1),
+                            BasicConv2d(96, 96, kernel_size=3, padding=1))
+    branch3 = nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
+                            BasicConv2d(in_channels, 64, kernel_size=1))
+    return branch0, branch1, branch2, branch3
+
+
 class InceptionResNetV2Stem(nn.Module):
     """The released (TF-slim) stem of Inception-ResNet-v2, 299x299 -> 35x35x320: Figure 14's
-    first five convolutions, a max-pool, then one Inception block with a 5x5 branch."""
+    first five convolutions, a max-pool, then Mixed_5b (``mixed_5b_branches``)."""
 
     def __init__(self, in_channels: int = 3):
         super().__init__()
@@ -1279,14 +1325,7 @@ class InceptionResNetV2Stem(nn.Module):
         self.conv4 = BasicConv2d(64, 80, kernel_size=1)
         self.conv5 = BasicConv2d(80, 192, kernel_size=3)
         self.pool2 = nn.MaxPool2d(3, stride=2)                               # 71 -> 35
-        self.branch0 = BasicConv2d(192, 96, kernel_size=1)
-        self.branch1 = nn.Sequential(BasicConv2d(192, 48, kernel_size=1),
-                                     BasicConv2d(48, 64, kernel_size=5, padding=2))
-        self.branch2 = nn.Sequential(BasicConv2d(192, 64, kernel_size=1),
-                                     BasicConv2d(64, 96, kernel_size=3, padding=1),
-                                     BasicConv2d(96, 96, kernel_size=3, padding=1))
-        self.branch3 = nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
-                                     BasicConv2d(192, 64, kernel_size=1))
+        self.branch0, self.branch1, self.branch2, self.branch3 = mixed_5b_branches(192)
         self.out_channels = 320
 
     def forward(self, x):
@@ -1308,6 +1347,29 @@ INCEPTION_RESNET_V2_SLIM = dict(      # the released TF-slim layout (timm's ince
     blocks=(10, 20, 10), scales=(0.17, 0.10, 0.20), head_channels=1536, linear_last_block=True)
 
 
+def residual_stage(block_class, width: int, block_args: tuple, count: int, scale: float,
+                   linear_last: bool = False) -> nn.Sequential:
+    """``count`` blocks ``block_class(width, *block_args, scale=scale)``; ``linear_last``: the last
+    one with scale 1.0 and no ReLU, as in the released Inception-ResNet-v2."""
+    blocks = [block_class(width, *block_args, scale=scale) for _ in range(count)]
+    if linear_last:
+        blocks[-1] = block_class(width, *block_args, scale=1.0, activation=False)
+    return nn.Sequential(*blocks)
+
+
+def inception_resnet_trunk(stem, block_a, reduction_a, block_b, reduction_b, block_c, blocks, scales,
+                           linear_last_block=False, in_channels=1):
+    """The six stages of an Inception-ResNet (see ``INCEPTION_RESNET_V1_PAPER`` for the arguments)."""
+    stem = stem(in_channels)
+    stage_a = residual_stage(InceptionResNetA, stem.out_channels, block_a, blocks[0], scales[0])
+    reduce_a = ReductionA(stem.out_channels, *reduction_a)
+    stage_b = residual_stage(InceptionResNetB, reduce_a.out_channels, block_b, blocks[1], scales[1])
+    reduce_b = InceptionResNetReductionB(reduce_a.out_channels, *reduction_b)
+    stage_c = residual_stage(InceptionResNetC, reduce_b.out_channels, block_c, blocks[2], scales[2],
+                             linear_last=linear_last_block)
+    return stem, stage_a, reduce_a, stage_b, reduce_b, stage_c
+
+
 class InceptionResNet(nn.Module):
     """Stem, A blocks, Reduction-A, B blocks, Reduction-B, C blocks, [1x1 conv], pool, dropout, FC."""
 
@@ -1316,20 +1378,10 @@ class InceptionResNet(nn.Module):
                  dropout=0.2):
         super().__init__()
         self.in_channels = in_channels
-        self.stem = stem(in_channels)
-        width = self.stem.out_channels
-        self.inception_a = nn.Sequential(
-            *[InceptionResNetA(width, *block_a, scale=scales[0]) for _ in range(blocks[0])])
-        self.reduction_a = ReductionA(width, *reduction_a)
-        width = self.reduction_a.out_channels
-        self.inception_b = nn.Sequential(
-            *[InceptionResNetB(width, *block_b, scale=scales[1]) for _ in range(blocks[1])])
-        self.reduction_b = InceptionResNetReductionB(width, *reduction_b)
+        (self.stem, self.inception_a, self.reduction_a, self.inception_b, self.reduction_b,
+         self.inception_c) = inception_resnet_trunk(stem, block_a, reduction_a, block_b, reduction_b,
+                                                    block_c, blocks, scales, linear_last_block, in_channels)
         width = self.reduction_b.out_channels
-        c_blocks = [InceptionResNetC(width, *block_c, scale=scales[2]) for _ in range(blocks[2])]
-        if linear_last_block:   # the released v2: the last C block is unscaled and has no ReLU
-            c_blocks[-1] = InceptionResNetC(width, *block_c, scale=1.0, activation=False)
-        self.inception_c = nn.Sequential(*c_blocks)
         self.head = BasicConv2d(width, head_channels, kernel_size=1) if head_channels else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)   # the paper keeps 80 % of the features
@@ -1370,6 +1422,16 @@ def stacked_receptive_field(layers):
     return field
 
 
+def dilated_sampling_grid(dilation, kernel_size=3, size=None):
+    """(size, size) 0/1 grid of the input pixels one output of a dilated kernel reads, centred."""
+    span = dilated_kernel_size(kernel_size, dilation)
+    size = size or span
+    grid = torch.zeros(size, size)
+    start = (size - span) // 2
+    grid[start:start + span:dilation, start:start + span:dilation] = 1
+    return grid
+
+
 def gradient_receptive_field(net, input_size, in_channels=1):
     """Input pixels that reach the centre output pixel of ``net``, found by autograd.
 
@@ -1382,6 +1444,19 @@ def gradient_receptive_field(net, input_size, in_channels=1):
     out[0, :, height // 2, width // 2].sum().backward()
     paths = x.grad[0].abs().sum(0)
     return paths != 0, paths
+
+
+def dilated_coverage(rates, kernel_size=3):
+    """Boolean (r, r) mask of the input pixels one output of a stack of stride-1 dilated
+    convolutions can see (r = the stack's receptive field): an indicator of the output pixel,
+    convolved with each layer's tap pattern."""
+    field = stacked_receptive_field([(kernel_size, rate, 1) for rate in rates])
+    mask = torch.zeros(1, 1, field, field)
+    mask[0, 0, field // 2, field // 2] = 1
+    taps = torch.ones(1, 1, kernel_size, kernel_size)
+    for rate in rates:
+        mask = F.conv2d(mask, taps, padding=rate * (kernel_size // 2), dilation=rate)
+    return mask[0, 0] > 0
 
 
 class DilatedConvStack(nn.Sequential):
@@ -1399,6 +1474,19 @@ class DilatedConvStack(nn.Sequential):
 
     def receptive_field(self):
         return stacked_receptive_field([(3, rate, 1) for rate in self.rates])
+
+
+def relu_stack_stds(init, depth=30, width=256, batch=512, seed=0):
+    """Std of each pre-activation y_l = W_l x_l of ``depth`` bias-free (width x width) linear
+    layers with ReLU between them, on standard-normal inputs; ``init`` fills a weight in place."""
+    torch.manual_seed(seed)
+    x, stds = torch.randn(batch, width), []
+    for _ in range(depth):
+        weight = init(torch.empty(width, width))
+        y = x @ weight.T
+        stds.append(y.std().item())
+        x = F.relu(y)
+    return stds
 
 
 RECTIFIER_KINDS = ("relu", "leaky", "rrelu", "prelu", "prelu-channel")
@@ -1419,20 +1507,22 @@ def make_rectifier(kind, channels):
     raise ValueError(f"unknown rectifier {kind!r}; choose one of {RECTIFIER_KINDS}")
 
 
-class RectifierCNN(nn.Sequential):
-    """Four 3x3 conv-BN-rectifier layers, global average pooling, a linear layer.
+def rectifier_conv_block(in_channels, out_channels, rectifier):
+    """3x3 conv (no bias) - BN - rectifier, the rectifier one of ``RECTIFIER_KINDS``."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels), make_rectifier(rectifier, out_channels))
 
-    Built to compare rectifiers: ``rectifier`` is any of ``RECTIFIER_KINDS``.
-    """
+
+class RectifierCNN(nn.Sequential):
+    """Four 3x3 conv-BN-rectifier layers, global average pooling, a linear layer; built to compare
+    rectifiers: ``rectifier`` is any of ``RECTIFIER_KINDS``."""
 
     def __init__(self, rectifier="relu", num_classes=10, in_channels=1, widths=(16, 32, 64, 64)):
         super().__init__()
         self.in_channels, self.kind = in_channels, rectifier
         channels = in_channels
         for i, width in enumerate(widths):
-            self.add_module(f"block{i + 1}", nn.Sequential(
-                nn.Conv2d(channels, width, kernel_size=3, padding=1, bias=False),
-                nn.BatchNorm2d(width), make_rectifier(rectifier, width)))
+            self.add_module(f"block{i + 1}", rectifier_conv_block(channels, width, rectifier))
             if i < 2:  # 28 -> 14 -> 7: two halvings are enough for 28-pixel images
                 self.add_module(f"pool{i + 1}", nn.MaxPool2d(2))
             channels = width
