@@ -11,11 +11,6 @@ from utils import slides
 from utils.config import REPO_ROOT
 
 CHAPTERS = sorted((REPO_ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
-# Chapters whose metadata `python -m utils.slides fix` has set. The others are pending: their
-# check is an expected failure (non-strict), until the fixer runs on them and they join this list.
-FIXED = {"01_alexnet", "02_vgg", "03_nin", "04_googlenet", "05_batch_norm"}
-
-
 def load(path):
     return json.loads(path.read_text())
 
@@ -27,12 +22,9 @@ def cell(kind, text, slide="-"):
     return c
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(p, id=p.stem, marks=() if p.stem in FIXED else
-                 pytest.mark.xfail(reason="slide metadata pending: run python -m utils.slides fix", strict=False))
-    for p in CHAPTERS])
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
 def test_chapter_follows_the_slide_rules(path):
-    assert slides.problems(load(path)) == []
+    assert slides.problems(load(path)) == [], f"run python -m utils.slides fix {path.relative_to(REPO_ROOT)}"
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
