@@ -54,6 +54,8 @@ def test_badge_becomes_a_text_link():
 
 def test_reference_outputs_are_used_and_named(tmp_path):
     """A chapter with a reference run is shown as run (never executed) and says where it ran."""
+    if not site.MATHJAX.is_dir():
+        pytest.skip("node_modules/mathjax is missing: run npm ci at the repository root")
     ref = tmp_path / "reference" / "quick-cpu"
     (ref / "01_alexnet").mkdir(parents=True)
     ran = notebook(nbformat.v4.new_markdown_cell("# 1. Title"), nbformat.v4.new_code_cell("print(1)"))
