@@ -219,7 +219,8 @@ def jupyterlab(tmp_path):
     notification = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
     notification.mkdir(parents=True)
     (notification / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
-    environment = {**os.environ, "CNN_PROFILE": "smoke", "CNN_RESULTS_DIR": str(tmp_path / "results"),
+    # CNN_PLOT_BUDGET=1: a smoke fit lasts seconds, less than the default budget needs for a redraw
+    environment = {**os.environ, "CNN_PROFILE": "smoke", "CNN_PLOT_BUDGET": "1", "CNN_RESULTS_DIR": str(tmp_path / "results"),
                    "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
     server = subprocess.Popen(
         [shutil.which("jupyter") or "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",

@@ -95,3 +95,14 @@ def test_mask_grid_draws_one_panel_per_mask():
     assert images[2].get_clim() == (0, 2)  # vmax follows the largest value, at least 1
     with pytest.raises(ValueError, match="2-D"):
         plot.mask_grid({"bad": torch.ones(2, 2, 2)})
+
+
+def test_plot_budget_comes_from_the_environment(monkeypatch):
+    import pytest
+    monkeypatch.delenv("CNN_PLOT_BUDGET", raising=False)
+    assert plot.plot_budget() == 0.04
+    monkeypatch.setenv("CNN_PLOT_BUDGET", "1")
+    assert plot.plot_budget() == 1.0
+    monkeypatch.setenv("CNN_PLOT_BUDGET", "lots")
+    with pytest.raises(ValueError, match="must be a fraction in"):
+        plot.plot_budget()

@@ -1,6 +1,7 @@
 """Plots shared by the chapters: training curves (live and after the fact), bars, scatters."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -79,6 +80,20 @@ def plot_history(*histories, title: str | None = None, labels=None):
     return figure
 
 
+def plot_budget() -> float:
+    """``$CNN_PLOT_BUDGET``: the share of training time the live plot may spend drawing."""
+    raw = os.environ.get("CNN_PLOT_BUDGET", "").strip()
+    if not raw:
+        return 0.04
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise ValueError(f"CNN_PLOT_BUDGET={raw!r} must be a fraction in (0, 1], e.g. 0.04 (or unset it)")
+    return value
+
+
 class LivePlot:
     """Training curves redrawn in place in a Jupyter output while ``fit`` runs.
 
@@ -88,11 +103,13 @@ class LivePlot:
     in reserve for the end, stays within ``budget`` (4%) of the time since training began.
     ``force=True`` (the end of training, or an interruption) always draws; the first
     figure appears once the budget allows one (after about 7 s) or at the end.
+    ``$CNN_PLOT_BUDGET`` (a fraction, default 0.04) sets the default budget: 1 redraws at
+    almost every update, which makes even a run of a few seconds animate.
     """
 
-    def __init__(self, history, budget: float = 0.04, first_cost: float = 0.15):
+    def __init__(self, history, budget: float | None = None, first_cost: float = 0.15):
         self.history = history
-        self.budget = budget
+        self.budget = budget if budget is not None else plot_budget()
         self.started = time.perf_counter()
         self.spent = 0.0          # seconds spent drawing so far
         self.cost = first_cost    # expected seconds per draw: measured after the first one
