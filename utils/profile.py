@@ -220,15 +220,20 @@ def matmul_gflops(size: int = 1024, repeats: int = 5, device=None) -> float:
 def train_flops_per_example(net: nn.Module, image_shape) -> int | None:
     """Forward plus backward FLOPs of one training example of shape ``image_shape`` (C, H, W).
 
-    Counted on a copy of ``net`` on the ``meta`` device, so the model's weights, batch-norm
-    statistics and random number generators are untouched and nothing is computed. A batch of
-    two is counted and halved (batch norm on one example is undefined). ``None`` when the model
-    cannot be copied or run this way.
+    Counted on a copy of ``net`` whose tensors live on the ``meta`` device (the copy never holds
+    real weights, so a large model on a GPU is not duplicated in memory), so the model's weights,
+    batch-norm statistics and random number generators are untouched and nothing is computed. A
+    batch of two is counted and halved (batch norm on one example is undefined). ``None`` when
+    the model cannot be copied or run this way.
     """
     import copy
 
     try:
-        shadow = copy.deepcopy(net).to("meta")
+        # deepcopy takes what ``memo`` already maps: every tensor becomes a meta stand-in
+        memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+                for p in net.parameters()}
+        memo.update({id(b): torch.empty_like(b, device="meta") for b in net.buffers()})
+        shadow = copy.deepcopy(net, memo)
         return count_train_flops(shadow, (2, *image_shape)) // 2
     except Exception:  # a model that cannot be deep-copied or traced on meta: no count
         return None
