@@ -23,6 +23,7 @@ exits with status 1 after running the others.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -106,6 +107,21 @@ def _written_since(folder: Path, before: dict[Path, int]) -> list[Path]:
     return sorted(p for p, stamp in _snapshot(folder).items() if before.get(p) != stamp)
 
 
+@contextlib.contextmanager
+def environment(**variables: str):
+    """Set environment variables for the duration of a ``with`` block, then restore them."""
+    saved = {key: os.environ.get(key) for key in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @dataclass
 class ChapterRun:
     chapter: str
@@ -121,9 +137,6 @@ def execute(chapter: str, profile: str, results: Path, staging: Path, timeout: i
 
     path = CHAPTERS / f"{chapter}.ipynb"
     notebook = nbformat.read(path, as_version=4)
-    environment = {"CNN_PROFILE": profile, "CNN_RESULTS_DIR": str(results)}
-    saved = {key: os.environ.get(key) for key in environment}
-    os.environ.update(environment)
     before = {sub: _snapshot(results / sub) for sub in ("histories", "figures")}
     ledger = results / "costs.jsonl"
     ledger_start = ledger.stat().st_size if ledger.exists() else 0
@@ -131,16 +144,11 @@ def execute(chapter: str, profile: str, results: Path, staging: Path, timeout: i
     start = time.perf_counter()
     error = None
     try:
-        NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(CHAPTERS)}}).execute()
+        with environment(CNN_PROFILE=profile, CNN_RESULTS_DIR=str(results)):  # the kernel inherits them
+            NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                           resources={"metadata": {"path": str(CHAPTERS)}}).execute()
     except Exception as exc:  # a cell error, a timeout, a dead kernel: all end this chapter
         error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     seconds = time.perf_counter() - start
     if error is not None:
         return ChapterRun(chapter, False, seconds, error)
@@ -206,15 +214,10 @@ def price(profile: str, chapters=None, out: Path | None = None, timeout: int = 3
     are kept in ``reference/costs/<profile>.json`` (``{chapter: {"train_flops", "fits"}}``).
     A chapter that fails keeps its previous entry."""
     target = Path(out) if out is not None else REFERENCE_ROOT / "costs" / f"{profile}.json"
-    saved = {key: os.environ.get(key) for key in DRY_RUN_VARIABLES}
-    os.environ.update({"CNN_MAX_STEPS": "1", "CNN_MAX_BATCH": "16"})
-    try:
-        with tempfile.TemporaryDirectory(prefix="cnn-price-") as scratch:
-            folder, runs = run_all(profile, chapters, Path(scratch), timeout, log)
-            priced = load_runs(folder)
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    with environment(CNN_MAX_STEPS="1", CNN_MAX_BATCH="16"), \
+            tempfile.TemporaryDirectory(prefix="cnn-price-") as scratch:
+        folder, runs = run_all(profile, chapters, Path(scratch), timeout, log)
+        priced = load_runs(folder)
     table = json.loads(target.read_text()) if target.exists() else {}
     for run in runs:
         if run.ok:
