@@ -40,6 +40,7 @@ SECTIONS = {
 }
 
 _TV, _TIMM = "torchvision 0.2x model metadata (num_params, GFLOPS = GMACs)", "timm 1.0"
+_V3_VAL = "ILSVRC-2012 validation set (48,238 non-blacklisted images)"  # Inception-v3 paper, Table 4
 _D2L = "Dive into Deep Learning, Chinese edition d2l-zh 2.0.0, train_ch6, 10 epochs, one V100"
 _ILSVRC12_VAL = "ILSVRC-2012 validation set"
 
@@ -281,16 +282,16 @@ REFERENCES: tuple[Reference, ...] = (
     Reference("decade.2020.compute", 1e+15, "FLOPS", "floating-point operations per second of the 2020s (Nvidia DGX-2)", "Dive into Deep Learning, Sec. 1.5 (Table 1.5.1)", "papers"),
     Reference("inception_v3.top1.12crop", 19.47, "% top-1 error", "Inception-v3, one model",
               "Szegedy et al. 2016, Table 4", "errors",
-              "ILSVRC-2012 validation set (48,238 non-blacklisted images); 12 crops"),
+              _V3_VAL + "; 12 crops"),
     Reference("inception_v3.top5.12crop", 4.48, "% top-5 error", "Inception-v3, one model",
               "Szegedy et al. 2016, Table 4", "errors",
-              "ILSVRC-2012 validation set (48,238 non-blacklisted images); 12 crops"),
+              _V3_VAL + "; 12 crops"),
     Reference("inception_v3.top1.144crop", 18.77, "% top-1 error", "Inception-v3, one model",
               "Szegedy et al. 2016, Table 4", "errors",
-              "ILSVRC-2012 validation set (48,238 non-blacklisted images); 144 crops"),
+              _V3_VAL + "; 144 crops"),
     Reference("inception_v3.top5.144crop", 4.2, "% top-5 error", "Inception-v3, one model",
               "Szegedy et al. 2016, Table 4", "errors",
-              "ILSVRC-2012 validation set (48,238 non-blacklisted images); 144 crops"),
+              _V3_VAL + "; 144 crops"),
     Reference("inception_v3.ensemble.top1", 17.2, "% top-1 error", "Inception-v3, 4 models",
               "Szegedy et al. 2016, Table 5", "errors",
               "ILSVRC-2012 validation set; 4 models x 144 crops"),
