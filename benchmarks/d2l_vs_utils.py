@@ -617,8 +617,7 @@ def main(argv=None) -> int:
             return 3
         for name in names:
             chosen = setting(name, args.quick)
-            # batch 2: batch norm cannot train on one example (BatchNorm1d sees 1 value per channel)
-            train_flops = profile.count_train_flops(chosen.build(), (2, 1, chosen.side, chosen.side)) // 2
+            train_flops = profile.train_flops_per_example(chosen.build(), (1, chosen.side, chosen.side))
             print(f"\n{name}: {chosen.what}\n  {train_flops / 1e6:.2f} MFLOPs per training example "
                   "(forward + backward)", flush=True)
             peak_before = profile.matmul_gflops()

@@ -40,7 +40,7 @@ def test_small_vgg_shapes_and_flops():
     net = bench.small_vgg(64)
     assert net(torch.zeros(2, 1, 64, 64)).shape == (2, 10)
     forward = profile.count_flops(net, (1, 1, 64, 64))
-    train_flops = profile.count_train_flops(net, (2, 1, 64, 64)) // 2
+    train_flops = profile.train_flops_per_example(net, (1, 64, 64))
     assert 2.5 * forward < train_flops <= 3 * forward  # backward ~ 2x forward
 
 
