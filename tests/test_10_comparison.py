@@ -2,6 +2,7 @@
 numbers, accuracies come only from saved runs, and the README table is generated."""
 from __future__ import annotations
 
+import json
 import types
 
 import pytest
@@ -142,21 +143,50 @@ def _history(acc, side=28, epochs=1, profile="quick"):
     return history
 
 
+def _reference_folder(root, profile, chapter, stem, history, cpu="Test CPU"):
+    folder = root / f"{profile}-cpu"
+    history.save(folder / chapter / "histories" / f"{stem}.json")
+    (folder / "machine.json").write_text(json.dumps(
+        {"cpu": cpu, "cores": 2, "gpu": None, "torch": "2", "date": "2026-01-01"}))
+    (folder / chapter / "run.json").write_text(json.dumps({"seconds": 60.0, "train_flops": 10**15}))
+    return folder
+
+
 def test_history_lookup_prefers_the_most_complete_profile(tmp_path, monkeypatch):
-    monkeypatch.setenv("CNN_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setenv("CNN_RESULTS_DIR", str(tmp_path / "results"))
+    refs = tmp_path / "reference"
     entry = comparison.Entry("Tiny", "tiny", "01", 28, None, history="tiny_run")
-    assert comparison.find_history(entry) is None
-    assert comparison.accuracy_cell(entry) == "not run"
-    folder = tmp_path / "histories"
+    assert comparison.find_history(entry, reference_root=refs) is None
+    assert comparison.accuracy_cell(entry, reference_root=refs) == "not run"
+    folder = tmp_path / "results" / "histories"
     _history(0.1, profile="smoke").save(folder / "tiny_run-smoke.json")
-    assert comparison.accuracy_cell(entry) == "0.100 (smoke, 1 ep, 28 px)"
-    assert comparison.accuracy_cell(entry, ("full", "quick")) == "not run"
+    assert comparison.accuracy_cell(entry, reference_root=refs) == "0.100 (smoke, 1 ep, 28 px; your run (cpu))"
+    assert comparison.accuracy_cell(entry, ("full", "quick"), reference_root=refs) == "not run"
     _history(0.875, side=64, epochs=3).save(folder / "tiny_run-quick.json")
-    found_profile, history = comparison.find_history(entry)
-    assert found_profile == "quick" and history.epochs == 3
-    assert comparison.accuracy_cell(entry) == "0.875 (quick, 3 ep, 64 px)"
+    found = comparison.find_history(entry, reference_root=refs)
+    assert found.profile == "quick" and found.history.epochs == 3 and not found.reference
+    assert comparison.accuracy_cell(entry, reference_root=refs) == "0.875 (quick, 3 ep, 64 px; your run (cpu))"
     (folder / "tiny_run-full.json").write_text("not json")  # a broken file is passed over
-    assert comparison.find_history(entry)[0] == "quick"
+    assert comparison.find_history(entry, reference_root=refs).profile == "quick"
+
+
+def test_reference_runs_are_found_labelled_with_their_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNN_RESULTS_DIR", str(tmp_path / "results"))
+    refs = tmp_path / "reference"
+    entry = comparison.Entry("Tiny", "tiny", "01", 28, None, history="tiny_run")
+    _reference_folder(refs, "quick", "01_tiny", "tiny_run-quick", _history(0.81, epochs=2))
+    cell = comparison.accuracy_cell(entry, reference_root=refs)
+    assert cell == "0.810 (quick, 2 ep, 28 px; reference: Test CPU (2 cores))"
+    # your own run of the same profile comes first, the reference stays in the list
+    _history(0.5).save(tmp_path / "results" / "histories" / "tiny_run-quick.json")
+    runs = comparison.find_runs(entry, reference_root=refs)
+    assert [(r.reference, r.history.test_acc[-1]) for r in runs] == [(False, 0.5), (True, 0.81)]
+    assert comparison.find_history(entry, local=False, reference_root=refs).reference
+    # a reference run under full outranks a local quick run
+    _reference_folder(refs, "full", "01_tiny", "tiny_run-full", _history(0.9, epochs=10))
+    assert comparison.find_history(entry, reference_root=refs).profile == "full"
+    untrained = comparison.Entry("Big", "big", "02", 224, 224, trained=False)
+    assert comparison.accuracy_cell(untrained, reference_root=refs) == "not trained (architecture only)"
 
 
 def test_markdown_table_and_command(tmp_path, monkeypatch):
@@ -236,6 +266,6 @@ def test_budget_plan_spreads_large_budgets_over_epochs():
 
 
 def test_curve_series_leaves_out_runs_without_history():
-    runs = {"A": ("quick", _history(0.5, epochs=3)), "B": None}
-    assert comparison.curve_series(runs) == {"A (quick)": ([1, 2, 3], [0.5, 0.5, 0.5])}
-    assert comparison.curve_series(runs, "train_loss")["A (quick)"][1] == [0.5, 0.5, 0.5]
+    runs = {"A": comparison.Run("quick", _history(0.5, epochs=3), "your run (cpu)", False), "B": None}
+    assert comparison.curve_series(runs) == {"A (quick, your run (cpu))": ([1, 2, 3], [0.5, 0.5, 0.5])}
+    assert comparison.curve_series(runs, "train_loss")["A (quick, your run (cpu))"][1] == [0.5, 0.5, 0.5]

@@ -112,3 +112,37 @@ def test_pricing_dry_runs_every_chapter_and_keeps_old_entries_of_failures(chapte
     notebook(chapters / "01_first.ipynb", "raise RuntimeError('no')")
     reference.price("full", out=target, log=lambda *_: None)
     assert json.loads(target.read_text())["01_first"]["train_flops"] == 7
+
+
+def _fake_reference(root, profile="quick", chapter="01_first", seconds=300.0, flops=2 * 10**15):
+    folder = root / f"{profile}-cpu"
+    (folder / chapter).mkdir(parents=True)
+    (folder / "machine.json").write_text(json.dumps(
+        {"cpu": "Test CPU", "cores": 2, "gpu": None, "torch": "2", "date": "2026-01-01"}))
+    (folder / chapter / "run.json").write_text(json.dumps({"seconds": seconds, "train_flops": flops}))
+    return folder
+
+
+def test_chapter_time_reads_measured_runs_and_prices(chapters, tmp_path):
+    root = tmp_path / "reference"
+    text = reference.chapter_time("01_first", root)
+    assert "no reference run and no price yet" in text.splitlines()[0]
+    _fake_reference(root)
+    (root / "costs").mkdir()
+    (root / "costs" / "full.json").write_text(json.dumps({"01_first": {"train_flops": 16 * 10**15, "fits": []}}))
+    quick, full = reference.chapter_time("01_first", root).splitlines()
+    assert quick.startswith("quick  5.0 min measured on Test CPU (2 cores), 2026-01-01; 2 PFLOP of training")
+    # 16 PFLOP at 16 TFLOP/s is 1,000 s on a T4; at 80 TFLOP/s 200 s on an A100
+    assert "about 16.7 min on a T4, 3.3 min on an A100 (estimates at 16 and 80 TFLOP/s sustained)" in full
+    assert "measured" not in full
+
+
+def test_cost_table_has_a_row_per_chapter_and_labels_estimates(chapters, tmp_path):
+    root = tmp_path / "reference"
+    _fake_reference(root, seconds=45.0, flops=8 * 10**14)
+    table = reference.cost_markdown(root)
+    rows = [line for line in table.splitlines() if line.startswith("| 0")]
+    assert [row.split(" | ")[0] for row in rows] == ["| 01_first", "| 02_second"]
+    assert rows[0] == "| 01_first | 0.8 | 50 s | 10 s | 45 s (Test CPU (2 cores)) | – | – | – | – |"
+    assert rows[1].count("–") == 8
+    assert "estimates" in table and "not measurements" in table

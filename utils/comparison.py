@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import config, profile, references, train
+from . import config, profile, reference, references, train
 from .runtime import eval_mode
 
 #: Profiles whose saved histories are looked for, the most trustworthy first.
@@ -41,6 +41,7 @@ class Entry:
     imagenet_size: int | None  # the paper's ImageNet side; None: no ImageNet version
     errors: tuple = (None, None)  # utils.references keys of the paper's top-1 / top-5 error
     history: str | None = None  # name the chapter saves its History under (default: factory)
+    trained: bool = True       # False: no chapter trains it (an architecture shown for comparison)
     fashion_kwargs: dict = field(default_factory=dict)   # extra factory arguments, Fashion-MNIST
     imagenet_kwargs: dict = field(default_factory=dict)  # extra factory arguments, ImageNet
 
@@ -85,23 +86,23 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("LeNet", "lenet", "01", 28, None),
     Entry("AlexNet (D2L)", "alexnet", "01", 224, 224),
     Entry("AlexNet (paper layout)", "alexnet_paper", "01", 227, 227,
-          errors=("alexnet.top1", "alexnet.top5")),
-    Entry("VGG-11", "vgg11", "02", 224, 224),
+          errors=("alexnet.top1", "alexnet.top5"), trained=False),
+    Entry("VGG-11", "vgg11", "02", 224, 224, trained=False),
     Entry("VGG-11 (1/4 width, D2L)", "vgg11", "02", 224, None, history="vgg11_w4",
           fashion_kwargs={"width_divisor": 4}),
-    Entry("VGG-13", "vgg13", "02", 224, 224),
-    Entry("VGG-16", "vgg16", "02", 224, 224, errors=("vgg16.top1", "vgg16.top5")),
-    Entry("VGG-19", "vgg19", "02", 224, 224),
+    Entry("VGG-13", "vgg13", "02", 224, 224, trained=False),
+    Entry("VGG-16", "vgg16", "02", 224, 224, errors=("vgg16.top1", "vgg16.top5"), trained=False),
+    Entry("VGG-19", "vgg19", "02", 224, 224, trained=False),
     Entry("NiN", "nin", "03", 224, 224),
     Entry("GoogLeNet", "googlenet", "04", 96, 224, errors=(None, "googlenet.top5.1crop")),
     Entry("BN-LeNet", "bn_lenet", "05", 28, None),
     Entry("NiN (batch norm)", "nin_bn", "05", 224, 224),
     Entry("BN-LeNet (nn.BatchNorm)", "bn_lenet_concise", "05", 28, None),
     Entry("ResNet-18", "resnet18", "06", 96, 224, errors=("resnet18.top1", None)),
-    Entry("ResNet-18 (pre-activation)", "preact_resnet18", "06", 96, 224),
-    Entry("ResNet-34", "resnet34", "06", 96, 224, errors=("resnet34.top1", "resnet34.top5")),
-    Entry("ResNet-50", "resnet50", "06", 96, 224, errors=("resnet50.top1", "resnet50.top5")),
-    Entry("ResNeXt-50 (32x4d)", "resnext50_32x4d", "06", 96, 224, errors=("resnext50.top1", None)),
+    Entry("ResNet-18 (pre-activation)", "preact_resnet18", "06", 96, 224, trained=False),
+    Entry("ResNet-34", "resnet34", "06", 96, 224, errors=("resnet34.top1", "resnet34.top5"), trained=False),
+    Entry("ResNet-50", "resnet50", "06", 96, 224, errors=("resnet50.top1", "resnet50.top5"), trained=False),
+    Entry("ResNeXt-50 (32x4d)", "resnext50_32x4d", "06", 96, 224, errors=("resnext50.top1", None), trained=False),
     Entry("BN-Inception", "inception_bn", "07", 96, 224,
           errors=("bn_inception.top1", "bn_inception.top5")),
     # chapter 07 trains Inception-v3 at 79 px with a stride-1 stem and its auxiliary head;
@@ -247,37 +248,76 @@ def complexity_rows(entries=None, module=None) -> dict:
     return {entry.label: complexity(entry, module) for entry in entries}
 
 
-def find_history(entry: Entry, profiles=PROFILE_ORDER):
-    """``(profile, History)`` of the most trustworthy saved run of ``entry``, else ``None``.
+@dataclass(frozen=True)
+class Run:
+    """A saved training run of one model: its profile, history and where it came from."""
 
-    Chapters save to ``train.history_path(name)``, which holds the profile in the file
-    name (``results/histories/<name>-<profile>.json``); every profile is looked for here.
-    """
+    profile: str
+    history: "train.History"
+    machine: str   # "reference: <machine>" for a committed reference run, "your run (<device>)" else
+    reference: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.profile}, {self.machine}"
+
+
+def _load(path: Path):
+    try:
+        history = train.History.load(path)
+    except (ValueError, OSError):
+        return None
+    return history if history.epochs else None
+
+
+def find_runs(entry: Entry, profiles=PROFILE_ORDER, *, local: bool = True,
+              reference_root: Path | None = None) -> list[Run]:
+    """Every saved run of ``entry``, the most trustworthy first: by profile (``PROFILE_ORDER``),
+    and within a profile your own run (``results/histories/<name>-<profile>.json``) before the
+    committed reference runs (``reference/<profile>-<machine>/<chapter>/histories/``)."""
+    root = reference.REFERENCE_ROOT if reference_root is None else Path(reference_root)
     folder = train.history_path(entry.history_name).parent
+    found = []
     for name in profiles:
-        path = folder / f"{entry.history_name}-{name}.json"
-        if path.is_file():
-            try:
-                history = train.History.load(path)
-            except ValueError:
+        stem = f"{entry.history_name}-{name}"
+        if local:
+            history = _load(folder / f"{stem}.json")
+            if history is not None:
+                found.append(Run(name, history, f"your run ({history.meta.get('device', '?')})", False))
+        for ref in reference.folders(root):
+            if reference.folder_profile(ref) != name:
                 continue
-            if history.epochs:
-                return name, history
-    return None
+            path = reference.history_files(ref).get(stem)
+            history = _load(path) if path else None
+            if history is not None:
+                machine = reference.short_machine(reference.load_machine(ref))
+                found.append(Run(name, history, f"reference: {machine}", True))
+    return found
 
 
-def accuracy_cell(entry: Entry, profiles=PROFILE_ORDER) -> str:
-    """``0.912 (full, 10 ep, 224 px, 60,000 images)`` or ``not run``: never a number that
-    was not measured. Profile, epochs, resolution and training-set size say what produced it."""
-    found = find_history(entry, profiles)
+def find_history(entry: Entry, profiles=PROFILE_ORDER, *, local: bool = True,
+                 reference_root: Path | None = None) -> Run | None:
+    """The most trustworthy saved run of ``entry`` (see :func:`find_runs`), else ``None``."""
+    runs = find_runs(entry, profiles, local=local, reference_root=reference_root)
+    return runs[0] if runs else None
+
+
+def accuracy_cell(entry: Entry, profiles=PROFILE_ORDER, *, local: bool = True,
+                  reference_root: Path | None = None) -> str:
+    """``0.912 (full, 10 ep, 224 px, 60,000 images; reference: NVIDIA A100)``: the test accuracy
+    of the most trustworthy run with what produced it, never a number that was not measured.
+    An entry no chapter trains says so; one whose chapter has not been run says ``not run``."""
+    if not entry.trained:
+        return "not trained (architecture only)"
+    found = find_history(entry, profiles, local=local, reference_root=reference_root)
     if found is None:
         return "not run"
-    name, history = found
+    history = found.history
     shape = history.meta.get("image_shape") or []
     size = f", {shape[-1]} px" if shape else ""
     examples = history.meta.get("train_examples")
     count = f", {examples:,} images" if examples else ""
-    return f"{history.test_acc[-1]:.3f} ({name}, {history.epochs} ep{size}{count})"
+    return f"{history.test_acc[-1]:.3f} ({found.profile}, {history.epochs} ep{size}{count}; {found.machine})"
 
 
 def error_cell(value) -> str:
@@ -306,14 +346,14 @@ def budget_plan(train_flops_per_image: int, budget: float, batch_size: int,
 
 
 def curve_series(runs: dict, key: str = "test_acc") -> dict:
-    """``{label (profile): (epochs, values)}`` for every run found; ``runs`` maps a label
-    to :func:`find_history`'s result (None: no saved history, left out)."""
+    """``{label (profile, machine): (epochs, values)}`` for every run found; ``runs`` maps a
+    label to a :class:`Run` (None: no saved history, left out)."""
     series = {}
     for label, found in runs.items():
         if found is None:
             continue
-        run_profile, history = found
-        series[f"{label} ({run_profile})"] = (list(range(1, history.epochs + 1)), list(getattr(history, key)))
+        history = found.history
+        series[f"{label} ({found.label})"] = (list(range(1, history.epochs + 1)), list(getattr(history, key)))
     return series
 
 
@@ -339,10 +379,12 @@ def text_table(rows: dict, entries=None) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(include_smoke: bool = False, module=None, rows: dict | None = None) -> str:
+def markdown_table(include_smoke: bool = False, module=None, rows: dict | None = None, *,
+                   local: bool = True, reference_root: Path | None = None) -> str:
     """The README's comparison table: deterministic columns, accuracies where a run exists.
 
-    ``rows``: complexities already computed by :func:`complexity_rows` (else counted here).
+    ``rows``: complexities already computed by :func:`complexity_rows` (else counted here);
+    ``local=False`` reads only the committed reference runs (the README's table does).
     """
     module = module or importlib.import_module("utils.models")
     rows = rows or {}
@@ -351,7 +393,7 @@ def markdown_table(include_smoke: bool = False, module=None, rows: dict | None =
         "| model | chapter | Fashion-MNIST px | params (FM) | GFLOPs (FM) "
         "| activations MiB per training image (FM) | ImageNet px "
         "| params (ImageNet) | GMACs (ImageNet) | ImageNet top-1 / top-5 error % (paper) "
-        "| Fashion-MNIST test acc (profile, epochs, px) |",
+        "| Fashion-MNIST test acc (profile, epochs, px, images; machine) |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|",
     ]
     for entry in ENTRIES:
@@ -367,7 +409,7 @@ def markdown_table(include_smoke: bool = False, module=None, rows: dict | None =
                   if entry.source else "–")
         lines.append(f"| {entry.label} | {entry.chapter} | {entry.train_size} | {fm['params']:,} | "
                      f"{fm['flops'] / 1e9:.3f} | {fm['activations'] / 2**20:.2f} | {imagenet} | {errors} | "
-                     f"{accuracy_cell(entry, profiles)} |")
+                     f"{accuracy_cell(entry, profiles, local=local, reference_root=reference_root)} |")
     notes = [
         "",
         "FM: Fashion-MNIST configuration (1 channel, 10 classes) at the chapter's training "
@@ -376,16 +418,52 @@ def markdown_table(include_smoke: bool = False, module=None, rows: dict | None =
         "layers). Activations: bytes of the float32 tensors autograd saves for the backward pass "
         "of one training image (`utils.comparison.activation_bytes`: each saved storage once, "
         "parameters, gradients and optimizer state excluded). Errors are the papers' (see `REFERENCES.md`); a blank means none is recorded "
-        "there. Accuracies are read from `results/histories/` with the profile, epochs, "
-        "resolution and number of training images of the run; `quick` runs are reduced (subsets, "
-        "sometimes a lower resolution or fewer blocks: see each chapter's settings) and only "
-        "`full` runs use the book's settings. \"not run\" means the chapter has not been run "
-        "with a profile shown here"
+        "there. Accuracies are the last epoch's test accuracy on all 10,000 test images unless the "
+        "run says otherwise, read from the committed reference runs (`reference/<profile>-<machine>/`)"
+        + (" and your own runs (`results/histories/`)" if local else "")
+        + ", each with its profile, epochs, resolution, number of training images and machine; "
+        "`quick` runs are reduced (subsets, sometimes a lower resolution: see each chapter's "
+        "settings) and only `full` runs use the book's settings. \"not trained\": no chapter "
+        "trains that model (it is built, counted and checked, not trained); \"not run\": its "
+        "chapter has no saved run with a profile shown here"
         + (" (smoke runs are excluded: their numbers mean nothing)." if not include_smoke else "."),
         "",
-        "Regenerate with `python -m utils.comparison` (writes `results/comparison.md`).",
+        "Regenerate with `python -m utils.comparison --readme` (rewrites this table and the cost "
+        "table in `README.md` from the committed reference runs).",
     ]
     return "\n".join(lines + notes) + "\n"
+
+
+README = config.REPO_ROOT / "README.md"
+README_SECTIONS = ("comparison", "costs")
+
+
+def readme_sections(module=None) -> dict[str, str]:
+    """The README's generated sections: the comparison table and the cost table, from the
+    committed reference runs only (a local run never changes the README)."""
+    return {"comparison": markdown_table(module=module, local=False),
+            "costs": reference.cost_markdown()}
+
+
+def _marker(name: str, end: bool = False) -> str:
+    return f"<!-- generated by python -m utils.comparison --readme: {name} {'end' if end else 'start'} -->"
+
+
+def replace_sections(text: str, sections: dict[str, str]) -> str:
+    """``text`` with the part between each section's start and end markers replaced."""
+    for name, body in sections.items():
+        start, end = _marker(name), _marker(name, end=True)
+        if start not in text or end not in text:
+            raise ValueError(f"README.md lacks the markers of the {name!r} section:\n{start}\n{end}")
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{body}{end}{tail}"
+    return text
+
+
+def update_readme(path: Path = README) -> Path:
+    path.write_text(replace_sections(path.read_text(), readme_sections()))
+    return path
 
 
 def main(argv=None) -> int:
@@ -395,7 +473,13 @@ def main(argv=None) -> int:
     parser.add_argument("--include-smoke", action="store_true",
                         help="also show accuracies of smoke-profile runs")
     parser.add_argument("--print", action="store_true", help="print the table too")
+    parser.add_argument("--readme", action="store_true",
+                        help="rewrite the README's results and cost tables from the committed reference runs")
     args = parser.parse_args(argv)
+    if args.readme:
+        path = update_readme()
+        print(f"updated {path}")
+        return 0
     output = args.output or config.results_dir() / "comparison.md"
     text = markdown_table(include_smoke=args.include_smoke)
     output.parent.mkdir(parents=True, exist_ok=True)

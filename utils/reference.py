@@ -271,6 +271,109 @@ def describe_machine(info: dict) -> str:
     return f"{device}; torch {info['torch']}; {info['date']}"
 
 
+def short_machine(info: dict) -> str:
+    """The machine in a few words for a table cell: the GPU, or the CPU and its cores."""
+    return info["gpu"] or f"{info['cpu']} ({info['cores']} cores)"
+
+
+def folder_profile(folder: Path) -> str:
+    """The profile a reference folder was run under (its name starts with it)."""
+    return Path(folder).name.split("-", 1)[0]
+
+
+def measured(chapter: str, profile: str, root: Path = REFERENCE_ROOT) -> list[tuple[dict, dict]]:
+    """``[(machine, run.json)]`` of every reference run of ``chapter`` under ``profile``."""
+    found = []
+    for folder in folders(root):
+        if folder_profile(folder) == profile:
+            run = load_runs(folder).get(chapter)
+            if run is not None:
+                found.append((load_machine(folder), run))
+    return found
+
+
+def training_flops(chapter: str, profile: str, root: Path = REFERENCE_ROOT) -> float | None:
+    """Training FLOPs of ``chapter`` under ``profile``: a reference run's own ledger when one
+    exists, else the priced dry run (``reference/costs/<profile>.json``), else None."""
+    for _, run in measured(chapter, profile, root):
+        if run.get("train_flops"):
+            return run["train_flops"]
+    priced = load_costs(profile, root).get(chapter)
+    return priced["train_flops"] if priced and priced.get("train_flops") else None
+
+
+def minutes(seconds: float) -> str:
+    """``45 s``, ``6.2 min``, ``3.1 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def estimates(train_flops: float) -> str:
+    """``about 3.6 min on a T4, 43 s on an A100 (estimates at 16 and 80 TFLOP/s sustained)``."""
+    gpus = list(SUSTAINED_TFLOPS)
+    times = ", ".join(f"{minutes(estimated_seconds(train_flops, gpu))} on a{'n' if gpu[0] in 'AEIOU' else ''} {gpu}"
+                      for gpu in gpus)
+    rates = " and ".join(f"{SUSTAINED_TFLOPS[gpu]:g}" for gpu in gpus)
+    return f"about {times} (estimates at {rates} TFLOP/s sustained)"
+
+
+def chapter_time(chapter: str, root: Path = REFERENCE_ROOT) -> str:
+    """How long ``chapter`` takes under ``quick`` and ``full``: each measured reference run with
+    its machine, and the training FLOPs with GPU estimates (the cell at the top of every chapter)."""
+    lines = []
+    for profile in ("quick", "full"):
+        runs = measured(chapter, profile, root)
+        flops = training_flops(chapter, profile, root)
+        parts = [f"{minutes(run['seconds'])} measured on {short_machine(info)}, {info['date']}"
+                 for info, run in runs]
+        if flops:
+            parts.append(f"{flops / 1e15:.3g} PFLOP of training, {estimates(flops)}")
+        lines.append(f"{profile:<6} " + ("; ".join(parts) if parts else
+                                         "no reference run and no price yet (python -m utils.reference)"))
+    return "\n".join(lines)
+
+
+def cost_rows(root: Path = REFERENCE_ROOT) -> list[dict]:
+    """One row per chapter: training FLOPs per profile, GPU estimates and measured times."""
+    rows = []
+    for chapter in chapter_names():
+        row = {"chapter": chapter}
+        for profile in ("quick", "full"):
+            flops = training_flops(chapter, profile, root)
+            row[profile] = {"flops": flops,
+                            "estimates": {gpu: estimated_seconds(flops, gpu) for gpu in SUSTAINED_TFLOPS}
+                            if flops else {},
+                            "measured": [(short_machine(info), run["seconds"])
+                                         for info, run in measured(chapter, profile, root)]}
+        rows.append(row)
+    return rows
+
+
+def cost_markdown(root: Path = REFERENCE_ROOT) -> str:
+    """The cost table of the README and chapter 10, as markdown."""
+    gpus = list(SUSTAINED_TFLOPS)
+    head = ["chapter"] + [f"{p} {what}" for p in ("quick", "full")
+                          for what in ("PFLOP", *(f"{g} (est.)" for g in gpus), "measured")]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "--:|" * (len(head) - 1)]
+    for row in cost_rows(root):
+        cells = [row["chapter"]]
+        for profile in ("quick", "full"):
+            cost = row[profile]
+            cells.append(f"{cost['flops'] / 1e15:.3g}" if cost["flops"] else "–")
+            cells += [minutes(cost["estimates"][g]) if cost["estimates"] else "–" for g in gpus]
+            cells.append("; ".join(f"{minutes(s)} ({m})" for m, s in cost["measured"]) or "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    rates = ", ".join(f"{g} {SUSTAINED_TFLOPS[g]:g}" for g in gpus)
+    lines += ["", "PFLOP: training FLOPs (forward and backward of every `fit` call: FLOPs per example "
+              "x examples x epochs), from the reference run or, where none exists, from "
+              "`python -m utils.reference PROFILE --price`. GPU columns are estimates at an assumed "
+              f"sustained rate (TFLOP/s: {rates}; `utils.reference.SUSTAINED_TFLOPS`), not measurements; "
+              "evaluation and data loading are not in them. \"measured\": the whole notebook's wall "
+              "time in a reference run, with its machine."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
