@@ -269,3 +269,26 @@ def test_curve_series_leaves_out_runs_without_history():
     runs = {"A": comparison.Run("quick", _history(0.5, epochs=3), "your run (cpu)", False), "B": None}
     assert comparison.curve_series(runs) == {"A (quick, your run (cpu))": ([1, 2, 3], [0.5, 0.5, 0.5])}
     assert comparison.curve_series(runs, "train_loss")["A (quick, your run (cpu))"][1] == [0.5, 0.5, 0.5]
+
+
+# ----------------------------------------------------------------------------- the README's generated tables
+
+def test_readme_sections_are_replaced_between_their_markers():
+    text = "intro\n" + "".join(f"{comparison._marker(n)}\nold\n{comparison._marker(n, end=True)}\n" for n in ("a", "b"))
+    new = comparison.replace_sections(text, {"a": "A\n", "b": "B\n"})
+    assert new.startswith("intro\n") and "old" not in new and "\nA\n" in new and "\nB\n" in new
+    with pytest.raises(ValueError, match="markers"):
+        comparison.replace_sections("no markers", {"a": "A\n"})
+
+
+def test_readme_tables_are_generated_from_the_committed_reference(monkeypatch, tmp_path):
+    monkeypatch.setenv("CNN_RESULTS_DIR", str(tmp_path))  # a local run must not matter
+    text = comparison.README.read_text()
+    assert comparison.replace_sections(text, comparison.readme_sections()) == text, \
+        "the README's tables are stale: run python -m utils.comparison --readme"
+
+
+def test_every_trained_model_has_a_committed_reference_run():
+    missing = [e.label for e in comparison.ENTRIES
+               if e.trained and comparison.find_history(e, local=False) is None]
+    assert not missing, f"no reference run of {missing}: run python -m utils.reference quick"

@@ -146,3 +146,44 @@ def test_cost_table_has_a_row_per_chapter_and_labels_estimates(chapters, tmp_pat
     assert rows[0] == "| 01_first | 0.8 | 50 s | 10 s | 45 s (Test CPU (2 cores)) | – | – | – | – |"
     assert rows[1].count("–") == 8
     assert "estimates" in table and "not measurements" in table
+
+
+# ----------------------------------------------------------------------------- the committed reference
+
+#: The model(s) each chapter is about: their committed ``quick`` runs must reach this test accuracy.
+QUICK_TARGET = 0.80
+CHAPTER_MODELS = {
+    "01_alexnet": ["alexnet"], "02_vgg": ["vgg11_w4"], "03_nin": ["nin"], "04_googlenet": ["googlenet"],
+    "05_batch_norm": ["bn_lenet", "bn_lenet_concise"], "06_resnet": ["resnet18"],
+    "07_inception_v2_v3": ["inception_bn", "inception_v3"],
+    "07_inception_v4_resnet": ["inception_v4", "inception_resnet_v1", "inception_resnet_v2"],
+}
+QUICK = reference.REFERENCE_ROOT / "quick-cpu"
+
+
+def test_the_committed_quick_reference_covers_every_chapter_within_ten_minutes():
+    runs = reference.load_runs(QUICK)
+    assert sorted(runs) == reference.chapter_names(), "run: python -m utils.reference quick"
+    slow = {chapter: run["seconds"] for chapter, run in runs.items() if run["seconds"] > 600}
+    assert not slow, f"quick chapters over 10 minutes: {slow}"
+    assert reference.load_machine(QUICK)["gpu"] is None
+
+
+@pytest.mark.parametrize("chapter", sorted(CHAPTER_MODELS))
+def test_each_chapters_model_learns_under_quick(chapter):
+    histories = reference.history_files(QUICK)
+    for name in CHAPTER_MODELS[chapter]:
+        path = histories.get(f"{name}-quick")
+        assert path is not None and path.parent.parent.name == chapter, f"{chapter} saved no {name} history"
+        data = json.loads(path.read_text())
+        assert data["meta"]["profile"] == "quick"
+        assert data["test_acc"][-1] >= QUICK_TARGET, f"{name}: {data['test_acc'][-1]:.3f} < {QUICK_TARGET}"
+
+
+def test_no_full_chapter_costs_more_than_twice_chapter_01():
+    costs = reference.load_costs("full")
+    assert sorted(costs) == reference.chapter_names(), "run: python -m utils.reference full --price"
+    limit = 2 * costs["01_alexnet"]["train_flops"]
+    over = {chapter: f"{cost['train_flops'] / limit * 2:.2f}x" for chapter, cost in costs.items()
+            if cost["train_flops"] > limit}
+    assert not over, f"full chapters above twice chapter 01's training FLOPs: {over}"

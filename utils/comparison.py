@@ -422,8 +422,8 @@ def markdown_table(include_smoke: bool = False, module=None, rows: dict | None =
         "run says otherwise, read from the committed reference runs (`reference/<profile>-<machine>/`)"
         + (" and your own runs (`results/histories/`)" if local else "")
         + ", each with its profile, epochs, resolution, number of training images and machine; "
-        "`quick` runs are reduced (subsets, sometimes a lower resolution: see each chapter's "
-        "settings) and only `full` runs use the book's settings. \"not trained\": no chapter "
+        "`quick` runs are reduced (subsets, sometimes a lower resolution; Inception-v4 and "
+        "Inception-ResNet keep one block of each kind: see each chapter's settings) and only `full` runs use the book's settings. \"not trained\": no chapter "
         "trains that model (it is built, counted and checked, not trained); \"not run\": its "
         "chapter has no saved run with a profile shown here"
         + (" (smoke runs are excluded: their numbers mean nothing)." if not include_smoke else "."),
