@@ -292,3 +292,12 @@ def test_every_trained_model_has_a_committed_reference_run():
     missing = [e.label for e in comparison.ENTRIES
                if e.trained and comparison.find_history(e, local=False) is None]
     assert not missing, f"no reference run of {missing}: run python -m utils.reference quick"
+
+
+def test_a_reference_run_labels_its_own_histories_with_its_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNN_RESULTS_DIR", str(tmp_path))
+    entry = comparison.Entry("Tiny", "tiny", "01", 28, None, history="tiny_run")
+    _history(0.8).save(tmp_path / "histories" / "tiny_run-quick.json")
+    monkeypatch.setenv("CNN_REFERENCE_MACHINE", "Test CPU (2 cores)")
+    found = comparison.find_history(entry, reference_root=tmp_path / "none")
+    assert found.machine == "reference: Test CPU (2 cores)"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,6 +271,12 @@ def _load(path: Path):
     return history if history.epochs else None
 
 
+def _local_label(history) -> str:
+    """A run in ``results/``: yours, or (inside ``python -m utils.reference``) the reference run's."""
+    machine = os.environ.get("CNN_REFERENCE_MACHINE", "").strip()
+    return f"reference: {machine}" if machine else f"your run ({history.meta.get('device', '?')})"
+
+
 def find_runs(entry: Entry, profiles=PROFILE_ORDER, *, local: bool = True,
               reference_root: Path | None = None) -> list[Run]:
     """Every saved run of ``entry``, the most trustworthy first: by profile (``PROFILE_ORDER``),
@@ -283,7 +290,7 @@ def find_runs(entry: Entry, profiles=PROFILE_ORDER, *, local: bool = True,
         if local:
             history = _load(folder / f"{stem}.json")
             if history is not None:
-                found.append(Run(name, history, f"your run ({history.meta.get('device', '?')})", False))
+                found.append(Run(name, history, _local_label(history), False))
         for ref in reference.folders(root):
             if reference.folder_profile(ref) != name:
                 continue

@@ -150,7 +150,9 @@ def results_dir() -> Path:
 def describe() -> None:
     """Print the profile, the device and the library versions (the setup cell's report)."""
     dev = device()
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "CPU"
+    from .reference import cpu_model  # /proc/cpuinfo's model name where there is one
+
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model() or "CPU"
     chosen, reason = profile_choice()
     print(f"profile {chosen} ({PROFILE_HELP[chosen]}): {reason}")
     print(f"device  {dev} ({name}, {torch.get_num_threads()} CPU threads)")

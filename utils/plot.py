@@ -74,6 +74,10 @@ def plot_history(*histories, title: str | None = None, labels=None):
         for ax in axes:
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            last = max(h.epochs for h in histories)
+            ax.set_xlim(0.5, last + 0.5)  # whole epochs, even for a one-epoch run
+            if last <= 12:
+                ax.set_xticks(range(1, last + 1))
             ax.legend(fontsize=8)
     if title:
         figure.suptitle(title)

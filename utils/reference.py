@@ -144,7 +144,9 @@ def execute(chapter: str, profile: str, results: Path, staging: Path, timeout: i
     start = time.perf_counter()
     error = None
     try:
-        with environment(CNN_PROFILE=profile, CNN_RESULTS_DIR=str(results)):  # the kernel inherits them
+        # the kernel inherits them; CNN_REFERENCE_MACHINE labels the run's own histories (chapter 10)
+        with environment(CNN_PROFILE=profile, CNN_RESULTS_DIR=str(results),
+                         CNN_REFERENCE_MACHINE=short_machine(machine())):
             NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                            resources={"metadata": {"path": str(CHAPTERS)}}).execute()
     except Exception as exc:  # a cell error, a timeout, a dead kernel: all end this chapter
@@ -204,7 +206,63 @@ def run_all(profile: str, chapters=None, out: Path | None = None, timeout: int =
                     f"the previous reference in {folder / chapter} is left as it was")
     if any(run.ok for run in runs):
         (folder / "machine.json").write_text(json.dumps(info, indent=1) + "\n")
+        if out is None:
+            refresh_chapter_times(REFERENCE_ROOT)
     return folder, runs
+
+
+def _code_sources(notebook) -> list[str]:
+    return [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+
+
+def with_reference_outputs(path: Path, folder: Path):
+    """The chapter notebook at ``path`` as it is now, with the outputs of its reference run in
+    ``folder``: the prose may have been edited since the run, the code may not (``None`` if it
+    was, or if the chapter has no reference run there)."""
+    import nbformat
+
+    kept = Path(folder) / Path(path).stem / "notebook.ipynb"
+    if not kept.is_file():
+        return None
+    current = nbformat.read(path, as_version=4)
+    executed = nbformat.read(kept, as_version=4)
+    if _code_sources(current) != _code_sources(executed):
+        return None
+    ran = iter(cell for cell in executed.cells if cell.cell_type == "code")
+    for cell in current.cells:
+        if cell.cell_type == "code":
+            done = next(ran)
+            cell.outputs, cell.execution_count = done.outputs, done.execution_count
+    return current
+
+
+def stale_chapters(folder: Path) -> list[str]:
+    """Chapters kept in ``folder`` whose code has changed since their reference run."""
+    return [chapter for chapter in load_runs(folder) if (CHAPTERS / f"{chapter}.ipynb").is_file()
+            and with_reference_outputs(CHAPTERS / f"{chapter}.ipynb", folder) is None]
+
+
+TIME_CALL = re.compile(r"reference\.chapter_time\((['\"])(?P<chapter>[^'\"]+)\1\)")
+
+
+def refresh_chapter_times(root: Path = REFERENCE_ROOT) -> int:
+    """Rewrite the output of each kept notebook's ``chapter_time`` cell from the reference as it
+    now stands: a chapter executed before its own run was kept printed the old times. Returns the
+    number of cells rewritten."""
+    import nbformat
+
+    changed = 0
+    for folder in folders(root):
+        for path in sorted(folder.glob("*/notebook.ipynb")):
+            notebook = nbformat.read(path, as_version=4)
+            for cell in notebook.cells:
+                match = TIME_CALL.search(cell.source) if cell.cell_type == "code" else None
+                if match:
+                    text = chapter_time(match["chapter"], root) + "\n"
+                    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+                    changed += 1
+            nbformat.write(notebook, path)
+    return changed
 
 
 def price(profile: str, chapters=None, out: Path | None = None, timeout: int = 3600,
@@ -225,6 +283,8 @@ def price(profile: str, chapters=None, out: Path | None = None, timeout: int = 3
                                   "fits": priced[run.chapter]["fits"]}
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(dict(sorted(table.items())), indent=1) + "\n")
+    if out is None:
+        refresh_chapter_times(REFERENCE_ROOT)  # the kept notebooks' time cells quote the prices
     return target, runs
 
 
@@ -303,7 +363,9 @@ def training_flops(chapter: str, profile: str, root: Path = REFERENCE_ROOT) -> f
 
 
 def minutes(seconds: float) -> str:
-    """``45 s``, ``6.2 min``, ``3.1 h``."""
+    """``<1 s``, ``45 s``, ``6.2 min``, ``3.1 h``."""
+    if seconds < 0.5:
+        return "<1 s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"

@@ -108,10 +108,11 @@ def _rewrite_links(text: str, here: Path, known: dict[str, str]) -> str:
     return LINK.sub(replace, text)
 
 
-def _notebook_page(path: Path, note: str, executed: bool, known: dict[str, str]):
+def _notebook_page(path, note: str, executed: bool, known: dict[str, str]):
+    """``path``: a notebook file, or a notebook already read."""
     import nbformat
 
-    notebook = nbformat.read(path, as_version=4)
+    notebook = nbformat.read(path, as_version=4) if isinstance(path, (str, Path)) else path
     for cell in notebook.cells:
         if cell.cell_type == "markdown":
             cell.source = _rewrite_links(badge_to_link(cell.source), CHAPTERS, known)
@@ -159,7 +160,9 @@ def prepare(profile: str, src: Path, chapters=None, reference: Path | None = Non
             run = ref.load_runs(reference).get(path.stem, {})
             how = f"the reference run of {run.get('finished', info['date'])[:10]}" if run else "a reference run"
             page = Page(path.stem, "reference", run_note(profile, info, how))
-            notebook = _notebook_page(executed, page.note, True, known)
+            # today's prose with the run's outputs; the run as it was if the code changed since
+            merged = ref.with_reference_outputs(path, reference)
+            notebook = _notebook_page(executed if merged is None else merged, page.note, True, known)
         else:
             here = here or ref.machine()
             page = Page(path.stem, "executed", run_note(profile, here, "executing the chapter while the site was built"))
