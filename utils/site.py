@@ -72,7 +72,7 @@ def reference_folder(profile: str, root: Path | None = None) -> Path | None:
     from . import reference
 
     root = reference.REFERENCE_ROOT if root is None else Path(root)
-    found = [p for p in reference.folders(root) if p.name.startswith(f"{profile}-")]
+    found = [p for p in reference.folders(root) if reference.folder_profile(p) == profile]
     cpu = [p for p in found if p.name == f"{profile}-cpu"]
     return (cpu or found or [None])[0]
 
