@@ -157,6 +157,7 @@ CHAPTER_MODELS = {
     "05_batch_norm": ["bn_lenet"], "06_resnet": ["resnet18"],  # the concise BN-LeNet: the same network
     "07_inception_v2_v3": ["inception_bn"],
     "07_inception_v4_resnet": ["inception_v4", "inception_resnet_v1", "inception_resnet_v2"],
+    "09_competition": ["competition-fashion-mnist-resnet18-seed0"],  # model 0 of the ensemble
 }
 QUICK = reference.REFERENCE_ROOT / "quick-cpu"
 
@@ -170,7 +171,7 @@ def test_the_committed_quick_reference_covers_every_chapter_within_ten_minutes()
 
 
 #: Known gaps, tracked: strict, so the test fails once the model reaches the target.
-NOT_YET = {"07_inception_v2_v3": ["inception_v3"], "09_competition": ["competition-fashion-mnist-resnet18-seed0"]}
+NOT_YET = {"07_inception_v2_v3": ["inception_v3"]}
 
 
 @pytest.mark.parametrize("chapter, names", sorted(CHAPTER_MODELS.items()) + [
@@ -183,7 +184,11 @@ def test_each_chapters_model_learns_under_quick(chapter, names):
         assert path is not None and path.parent.parent.name == chapter, f"{chapter} saved no {name} history"
         data = json.loads(path.read_text())
         assert data["meta"]["profile"] == "quick"
-        assert data["test_acc"][-1] >= QUICK_TARGET, f"{name}: {data['test_acc'][-1]:.3f} < {QUICK_TARGET}"
+        # Chapter 09 evaluates on a validation split during training and records the score on
+        # the test set afterwards; every other chapter's test_acc is the full test set's.
+        accuracy = data["meta"].get("test_set_accuracy", data["test_acc"][-1])
+        assert data["meta"].get("test_set_size", 10_000) == 10_000
+        assert accuracy >= QUICK_TARGET, f"{name}: {accuracy:.3f} < {QUICK_TARGET}"
 
 
 #: Chapters still over the full budget, tracked: the test fails once one of them fits.
