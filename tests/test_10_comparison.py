@@ -177,6 +177,11 @@ def test_reference_runs_are_found_labelled_with_their_machine(tmp_path, monkeypa
     _reference_folder(refs, "quick", "01_tiny", "tiny_run-quick", _history(0.81, epochs=2))
     cell = comparison.accuracy_cell(entry, reference_root=refs)
     assert cell == "0.810 (quick, 2 ep, 28 px; reference: Test CPU (2 cores))"
+    # a chapter re-run later on another machine names its own machine, not the folder's latest
+    run_file = refs / "quick-cpu" / "01_tiny" / "run.json"
+    run_file.write_text(json.dumps({**json.loads(run_file.read_text()),
+                                    "machine": {"cpu": "Older CPU", "cores": 4, "gpu": None}}))
+    assert comparison.accuracy_cell(entry, reference_root=refs).endswith("reference: Older CPU (4 cores))")
     # your own run of the same profile comes first, the reference stays in the list
     _history(0.5).save(tmp_path / "results" / "histories" / "tiny_run-quick.json")
     runs = comparison.find_runs(entry, reference_root=refs)

@@ -106,3 +106,48 @@ def test_plot_budget_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("CNN_PLOT_BUDGET", "lots")
     with pytest.raises(ValueError, match="must be a fraction in"):
         plot.plot_budget()
+
+
+def test_history_plots_name_the_data_fit_evaluated_on():
+    one = plot.plot_history(_history(), evaluated_on="validation")
+    assert [line.get_label() for line in one.axes[1].lines] == ["train acc", "validation acc"]
+    two = plot.plot_history(_history(), _history(2), labels=["a", "b"], evaluated_on="validation")
+    assert two.axes[1].get_ylabel() == "validation accuracy"
+    assert [line.get_label() for line in two.axes[1].lines] == ["a (validation)", "b (validation)"]
+    assert plot.plot_history(_history()).axes[1].lines[1].get_label() == "test acc"
+
+
+def test_a_bar_charts_legend_covers_no_bar():
+    figure = plot.bar_chart({"model": {"train": 0.9, "test": 0.9}, "other": {"train": 0.8, "test": 0.85}},
+                            ylabel="accuracy")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)  # lays the figure out as saving it would
+    legend = figure.axes[0].get_legend().get_window_extent(renderer)
+    bars = [patch.get_window_extent(renderer) for patch in figure.axes[0].patches]
+    assert len(bars) == 4 and not any(legend.overlaps(bar) for bar in bars)
+
+
+def _label_boxes(figure):
+    renderer = plot._renderer(figure)  # lays the figure out as saving it would
+    ax = figure.axes[0]
+    return ax.get_window_extent(renderer), [text.get_window_extent(renderer) for text in ax.texts]
+
+
+def test_scatter_labels_cover_neither_each_other_nor_markers_and_stay_inside():
+    # Points as crowded as chapter 07's Inception family: pairs almost on top of each other.
+    points = {"v1, 1 crop": (1.6, 10.1), "v1, 144 crops": (1.6, 7.9), "BN (v2), 1 crop": (2.0, 7.8),
+              "v3, 1 crop, 299 px": (5.7, 5.6), "IR-v1, 1 crop": (6.2, 5.5),
+              "v4, 1 crop": (12.3, 5.0), "IR-v2, 1 crop": (13.1, 4.9)}
+    figure = plot.scatter(points, xlabel="GMACs", ylabel="top-5 error")
+    frame, boxes = _label_boxes(figure)
+    assert len(boxes) == len(points)
+    assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+    assert all(frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+               for box in boxes)
+    ax = figure.axes[0]
+    renderer = plot._renderer(figure)
+    for collection in ax.collections:
+        cx, cy = ax.transData.transform(collection.get_offsets()[0])
+        assert not any(box.x0 < cx < box.x1 and box.y0 < cy < box.y1 for box in boxes)

@@ -48,6 +48,22 @@ def test_each_chapter_keeps_its_notebook_histories_figures_and_time(chapters, tm
     assert set(reference.history_files(out)) == {"first-smoke", "second-smoke"}
 
 
+def test_each_chapter_keeps_the_machine_it_ran_on(chapters, tmp_path, monkeypatch):
+    out = tmp_path / "ref"
+    base = reference.machine()
+    for chapter, cpu in (("01_first", "First CPU"), ("02_second", "Second CPU")):
+        monkeypatch.setattr(reference, "machine", lambda cpu=cpu: {**base, "cpu": cpu, "gpu": None})
+        reference.run_all("quick", [chapter], out=out, log=lambda *_: None)
+    assert reference.load_machine(out)["cpu"] == "Second CPU"  # the folder's latest run
+    assert reference.chapter_machine(out, "01_first")["cpu"] == "First CPU"
+    assert reference.chapter_machine(out, "02_second")["cpu"] == "Second CPU"
+    monkeypatch.setattr(reference, "REFERENCE_ROOT", tmp_path)
+    out.rename(tmp_path / "quick-cpu")
+    [(first, _)] = reference.measured("01_first", "quick", tmp_path)
+    assert first["cpu"] == "First CPU"
+    assert "First CPU (" in reference.cost_markdown(tmp_path).split("01_first")[1].splitlines()[0]
+
+
 def test_a_chapter_run_sums_the_cost_of_its_fit_calls(chapters, tmp_path):
     fits = [{"name": "a", "epochs": 1, "train_flops": 100}, {"name": "b", "epochs": 2, "train_flops": 50}]
     lines = "".join(json.dumps(fit) + "\n" for fit in fits)
@@ -155,7 +171,7 @@ QUICK_TARGET = 0.80
 CHAPTER_MODELS = {
     "01_alexnet": ["alexnet"], "02_vgg": ["vgg11_w4"], "03_nin": ["nin"], "04_googlenet": ["googlenet"],
     "05_batch_norm": ["bn_lenet"], "06_resnet": ["resnet18"],  # the concise BN-LeNet: the same network
-    "07_inception_v2_v3": ["inception_bn"],
+    "07_inception_v2_v3": ["inception_bn", "inception_v3"],
     "07_inception_v4_resnet": ["inception_v4", "inception_resnet_v1", "inception_resnet_v2"],
     "09_competition": ["competition-fashion-mnist-resnet18-seed0"],  # model 0 of the ensemble
 }
@@ -170,13 +186,7 @@ def test_the_committed_quick_reference_covers_every_chapter_within_ten_minutes()
     assert reference.load_machine(QUICK)["gpu"] is None
 
 
-#: Known gaps, tracked: strict, so the test fails once the model reaches the target.
-NOT_YET = {"07_inception_v2_v3": ["inception_v3"]}
-
-
-@pytest.mark.parametrize("chapter, names", sorted(CHAPTER_MODELS.items()) + [
-    pytest.param(chapter, names, marks=pytest.mark.xfail(strict=True, reason="quick recipe still under 0.80"))
-    for chapter, names in NOT_YET.items()])
+@pytest.mark.parametrize("chapter, names", sorted(CHAPTER_MODELS.items()))
 def test_each_chapters_model_learns_under_quick(chapter, names):
     histories = reference.history_files(QUICK)
     for name in names:
@@ -199,3 +209,33 @@ def test_no_full_chapter_costs_more_than_twice_chapter_01():
     over = {chapter: f"{cost['train_flops'] / limit * 2:.2f}x chapter 01" for chapter, cost in costs.items()
             if cost["train_flops"] > limit}
     assert not over, over
+
+
+def test_kept_notebooks_get_their_time_cell_recomputed(chapters, tmp_path):
+    root = tmp_path / "reference"
+    folder = _fake_reference(root, chapter="01_first", seconds=120.0)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(reference.chapter_time('01_first'))")])
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="stale\n")]
+    nbformat.write(nb, folder / "01_first" / "notebook.ipynb")
+    assert reference.refresh_chapter_times(root) == 1
+    text = nbformat.read(folder / "01_first" / "notebook.ipynb", as_version=4).cells[0].outputs[0]["text"]
+    assert text.startswith("quick  2.0 min measured on Test CPU (2 cores)") and "stale" not in text
+
+
+def test_reference_outputs_go_into_todays_prose_unless_the_code_changed(chapters, tmp_path):
+    folder = tmp_path / "ref"
+    reference.run_all("smoke", out=folder, log=lambda *_: None)
+    nb = nbformat.read(chapters / "01_first.ipynb", as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell("new prose"))
+    nbformat.write(nb, chapters / "01_first.ipynb")
+    merged = reference.with_reference_outputs(chapters / "01_first.ipynb", folder)
+    assert merged.cells[0].source == "new prose" and "done first" in merged.cells[1].outputs[0]["text"]
+    assert reference.stale_chapters(folder) == []
+    nb.cells[1].source += "\nprint('changed')"
+    nbformat.write(nb, chapters / "01_first.ipynb")
+    assert reference.with_reference_outputs(chapters / "01_first.ipynb", folder) is None
+    assert reference.stale_chapters(folder) == ["01_first"]
+
+
+def test_the_committed_quick_reference_ran_todays_code():
+    assert reference.stale_chapters(QUICK) == [], "code changed since its reference run: rerun those chapters"

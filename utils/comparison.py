@@ -297,7 +297,7 @@ def find_runs(entry: Entry, profiles=PROFILE_ORDER, *, local: bool = True,
             path = reference.history_files(ref).get(stem)
             history = _load(path) if path else None
             if history is not None:
-                machine = reference.short_machine(reference.load_machine(ref))
+                machine = reference.short_machine(reference.chapter_machine(ref, path.parent.parent.name))
                 found.append(Run(name, history, f"reference: {machine}", True))
     return found
 

@@ -35,7 +35,7 @@ def _new_figure(ncols: int = 1, size=(4.2, 3.0)):
     return figure, axes
 
 
-def _draw_history(axes, history, points=()):
+def _draw_history(axes, history, points=(), evaluated_on: str = "test"):
     loss_ax, acc_ax = axes
     loss_ax.clear()
     acc_ax.clear()
@@ -47,7 +47,7 @@ def _draw_history(axes, history, points=()):
     if epochs:
         loss_ax.plot(epochs, history.train_loss, "o-", color="C0", label="train loss")
         acc_ax.plot(epochs, history.train_acc, "o-", color="C1", label="train acc")
-        acc_ax.plot(epochs, history.test_acc, "s--", color="C2", label="test acc")
+        acc_ax.plot(epochs, history.test_acc, "s--", color="C2", label=f"{evaluated_on} acc")
     loss_ax.set(xlabel="epoch", ylabel="loss")
     acc_ax.set(xlabel="epoch", ylabel="accuracy")
     for ax in axes:
@@ -58,19 +58,20 @@ def _draw_history(axes, history, points=()):
             ax.legend(fontsize=8)
 
 
-def plot_history(*histories, title: str | None = None, labels=None):
-    """Loss (left) and accuracy (right) per epoch; several histories share the axes."""
+def plot_history(*histories, title: str | None = None, labels=None, evaluated_on: str = "test"):
+    """Loss (left) and accuracy (right) per epoch; several histories share the axes.
+    ``evaluated_on`` names the data ``fit`` evaluated on (its ``test_iter``), e.g. "validation"."""
     figure, axes = _new_figure(2)
     if len(histories) == 1:
-        _draw_history(axes, histories[0])
+        _draw_history(axes, histories[0], evaluated_on=evaluated_on)
     else:
         labels = labels or [h.meta.get("name", f"run {i}") for i, h in enumerate(histories)]
         for i, (history, label) in enumerate(zip(histories, labels)):
             epochs = range(1, history.epochs + 1)
             axes[0].plot(epochs, history.train_loss, "o-", color=f"C{i}", label=label)
-            axes[1].plot(epochs, history.test_acc, "s--", color=f"C{i}", label=f"{label} (test)")
+            axes[1].plot(epochs, history.test_acc, "s--", color=f"C{i}", label=f"{label} ({evaluated_on})")
         axes[0].set(xlabel="epoch", ylabel="train loss")
-        axes[1].set(xlabel="epoch", ylabel="test accuracy")
+        axes[1].set(xlabel="epoch", ylabel=f"{evaluated_on} accuracy")
         for ax in axes:
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -142,10 +143,11 @@ class LivePlot:
 def bar_chart(values: dict, *, ylabel: str, title: str | None = None, log: bool = False,
               horizontal: bool = False):
     """One bar per name; ``values`` maps name to number (several series: name -> dict)."""
-    figure, ax = _new_figure(1, size=(max(4.5, 0.55 * len(values) + 2), 3.2))
     names = list(values)
     first = next(iter(values.values()))
     series = list(first) if isinstance(first, dict) else [None]
+    legend_width = 0.0 if series == [None] else 0.3 + 0.065 * max(len(str(key)) for key in series)
+    figure, ax = _new_figure(1, size=(max(4.5, 0.55 * len(values) + 2) + legend_width, 3.2))
     width = 0.8 / len(series)
     for j, key in enumerate(series):
         heights = [values[n][key] if key is not None else values[n] for n in names]
@@ -162,29 +164,94 @@ def bar_chart(values: dict, *, ylabel: str, title: str | None = None, log: bool 
         ax.set_ylabel(ylabel)
         if log:
             ax.set_yscale("log")
-    if series != [None]:
-        ax.legend(fontsize=8)
+    if series != [None]:  # beside the axes, where it cannot cover a bar
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.grid(alpha=0.3, axis="x" if horizontal else "y")
     if title:
         ax.set_title(title)
     return figure
 
 
+def _renderer(figure):
+    """A renderer for ``figure``, after laying it out as saving it would."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not hasattr(figure.canvas, "get_renderer"):
+        FigureCanvasAgg(figure)
+    renderer = figure.canvas.get_renderer()
+    figure.draw(renderer)
+    return renderer
+
+
+# Where a label may go, in points from its marker: nearest first, then further out.
+_LABEL_OFFSETS = [(dx * d, dy * d) for d in (4, 12, 22, 34)
+                  for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))]
+
+
+def _overlap(a, b) -> float:
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return width * height if width > 0 and height > 0 else 0.0
+
+
+def label_points(ax, points, *, fontsize: float = 7) -> list:
+    """Write each ``(x, y, text)`` of ``points`` beside its marker so that no label covers
+    another label or a marker and each stays inside the axes where there is room: every place
+    from :data:`_LABEL_OFFSETS` is tried, nearest first, and the least crowded one is kept. A
+    label set away from its marker gets a thin leader line. Draw the markers and set the scales
+    and limits first: the layout is fixed here. Returns the annotations."""
+    from matplotlib.transforms import Bbox
+
+    figure = ax.figure
+    renderer = _renderer(figure)
+    frame = ax.get_window_extent(renderer)
+    scale = figure.dpi / 72  # points to display units
+    radius = 3.5 * scale
+    centres = [ax.transData.transform((x, y)) for x, y, _ in points]
+    taken = [Bbox.from_extents(cx - radius, cy - radius, cx + radius, cy + radius) for cx, cy in centres]
+    annotations = []
+    for x, y, text in points:
+        best = None
+        for dx, dy in _LABEL_OFFSETS:
+            ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+            va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
+            trial = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
+                                fontsize=fontsize, ha=ha, va=va)
+            box = trial.get_window_extent(renderer)
+            trial.remove()
+            outside = box.width * box.height - _overlap(box, frame)
+            cost = sum(_overlap(box, other) for other in taken) + 4 * outside
+            if best is None or cost < best[0]:
+                best = (cost, dx, dy, ha, va, box)
+            if cost == 0:
+                break
+        _, dx, dy, ha, va, box = best
+        leader = dict(arrowstyle="-", lw=0.5, color="0.5", shrinkA=0, shrinkB=3) if max(abs(dx), abs(dy)) > 4 else None
+        annotation = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
+                                 fontsize=fontsize, ha=ha, va=va, arrowprops=leader)
+        annotation.set_in_layout(False)  # placed for this layout: it must not change it
+        annotations.append(annotation)
+        taken.append(box)
+    return annotations
+
+
 def scatter(points: dict, *, xlabel: str, ylabel: str, title: str | None = None,
             logx: bool = False, logy: bool = False):
-    """Labelled points: ``points`` maps name to ``(x, y)``."""
+    """Labelled points: ``points`` maps name to ``(x, y)``; labels are placed so that none
+    covers another (:func:`label_points`)."""
     figure, ax = _new_figure(1, size=(5.0, 3.6))
     for i, (name, (x, y)) in enumerate(points.items()):
         ax.scatter([x], [y], color=f"C{i % 10}", s=30)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set(xlabel=xlabel, ylabel=ylabel)
     if logx:
         ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
+    ax.margins(0.12)
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
+    label_points(ax, [(x, y, name) for name, (x, y) in points.items()], fontsize=8)
     return figure
 
 

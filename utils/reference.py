@@ -12,8 +12,13 @@ checkpoint of an earlier run is resumed, so the times are honest). For every cha
     <folder>/<chapter>/notebook.ipynb     the executed notebook, every output in it
     <folder>/<chapter>/histories/*.json   every ``fit`` history the chapter wrote
     <folder>/<chapter>/figures/*.png      every figure it saved
-    <folder>/<chapter>/run.json           wall time, start and end, profile, environment
-    <folder>/machine.json                 CPU/GPU model, cores, memory, torch version, date
+    <folder>/<chapter>/run.json           wall time, start and end, profile, environment, and
+                                          the machine it ran on (CPU/GPU model, cores, memory,
+                                          torch version, date)
+    <folder>/machine.json                 the machine of the folder's latest run
+
+Re-running some chapters on another machine of the same kind (another CPU) keeps the others'
+runs, each labelled with the machine it ran on: a time is never credited to the wrong machine.
 
 Chapters run in course order and share one results folder, so a chapter that reuses an earlier
 chapter's checkpoint (chapter 08 loads chapter 06's ResNet) finds it when both are run. A chapter
@@ -130,8 +135,10 @@ class ChapterRun:
     error: str | None = None
 
 
-def execute(chapter: str, profile: str, results: Path, staging: Path, timeout: int) -> ChapterRun:
-    """Run one chapter into ``staging/<chapter>``; the caller moves it into place if it succeeded."""
+def execute(chapter: str, profile: str, results: Path, staging: Path, timeout: int,
+            info: dict | None = None) -> ChapterRun:
+    """Run one chapter into ``staging/<chapter>``; the caller moves it into place if it succeeded.
+    ``info``: the machine (default: this one, :func:`machine`)."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -141,12 +148,13 @@ def execute(chapter: str, profile: str, results: Path, staging: Path, timeout: i
     ledger = results / "costs.jsonl"
     ledger_start = ledger.stat().st_size if ledger.exists() else 0
     started = dt.datetime.now(dt.timezone.utc)
+    info = machine() if info is None else info
     start = time.perf_counter()
     error = None
     try:
         # the kernel inherits them; CNN_REFERENCE_MACHINE labels the run's own histories (chapter 10)
         with environment(CNN_PROFILE=profile, CNN_RESULTS_DIR=str(results),
-                         CNN_REFERENCE_MACHINE=short_machine(machine())):
+                         CNN_REFERENCE_MACHINE=short_machine(info)):
             NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                            resources={"metadata": {"path": str(CHAPTERS)}}).execute()
     except Exception as exc:  # a cell error, a timeout, a dead kernel: all end this chapter
@@ -168,7 +176,8 @@ def execute(chapter: str, profile: str, results: Path, staging: Path, timeout: i
            "train_flops": sum(fit["train_flops"] or 0 for fit in fits), "fits": fits,
            "started": started.isoformat(timespec="seconds"),
            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-           "environment": {k: os.environ[k] for k in DRY_RUN_VARIABLES if k in os.environ}}
+           "environment": {k: os.environ[k] for k in DRY_RUN_VARIABLES if k in os.environ},
+           "machine": info}
     (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     return ChapterRun(chapter, True, seconds)
 
@@ -191,7 +200,7 @@ def run_all(profile: str, chapters=None, out: Path | None = None, timeout: int =
         results, staging = Path(scratch) / "results", Path(scratch) / "staging"
         for chapter in chapters:
             log(f"{chapter}: running under {profile} ...")
-            run = execute(chapter, profile, results, staging, timeout)
+            run = execute(chapter, profile, results, staging, timeout, info)
             runs.append(run)
             if run.ok:
                 target = folder / chapter
@@ -305,6 +314,13 @@ def load_machine(folder: Path) -> dict:
     return json.loads((Path(folder) / "machine.json").read_text())
 
 
+def chapter_machine(folder: Path, chapter: str) -> dict:
+    """The machine ``chapter``'s run in ``folder`` ran on: its own record, or the folder's."""
+    run_file = Path(folder) / chapter / "run.json"
+    own = json.loads(run_file.read_text()).get("machine") if run_file.is_file() else None
+    return own or load_machine(folder)
+
+
 def load_runs(folder: Path) -> dict[str, dict]:
     """``{chapter: run.json}`` for every chapter kept in ``folder``."""
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*/run.json"))}
@@ -348,7 +364,7 @@ def measured(chapter: str, profile: str, root: Path = REFERENCE_ROOT) -> list[tu
         if folder_profile(folder) == profile:
             run = load_runs(folder).get(chapter)
             if run is not None:
-                found.append((load_machine(folder), run))
+                found.append((run.get("machine") or load_machine(folder), run))
     return found
 
 
