@@ -120,10 +120,7 @@ def test_history_plots_name_the_data_fit_evaluated_on():
 def test_a_bar_charts_legend_covers_no_bar():
     figure = plot.bar_chart({"model": {"train": 0.9, "test": 0.9}, "other": {"train": 0.8, "test": 0.85}},
                             ylabel="accuracy")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    renderer = FigureCanvasAgg(figure).get_renderer()
-    figure.draw(renderer)  # lays the figure out as saving it would
+    renderer = plot._renderer(figure)  # lays the figure out as saving it would
     legend = figure.axes[0].get_legend().get_window_extent(renderer)
     bars = [patch.get_window_extent(renderer) for patch in figure.axes[0].patches]
     assert len(bars) == 4 and not any(legend.overlaps(bar) for bar in bars)
@@ -147,7 +144,6 @@ def test_scatter_labels_cover_neither_each_other_nor_markers_and_stay_inside():
     assert all(frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
                for box in boxes)
     ax = figure.axes[0]
-    renderer = plot._renderer(figure)
     for collection in ax.collections:
         cx, cy = ax.transData.transform(collection.get_offsets()[0])
         assert not any(box.x0 < cx < box.x1 and box.y0 < cy < box.y1 for box in boxes)

@@ -314,11 +314,16 @@ def load_machine(folder: Path) -> dict:
     return json.loads((Path(folder) / "machine.json").read_text())
 
 
+def run_machine(folder: Path, run: dict) -> dict:
+    """The machine a run (its ``run.json``, kept in ``folder``) ran on: its own record, or, for a
+    run kept before runs recorded it, the folder's."""
+    return run.get("machine") or load_machine(folder)
+
+
 def chapter_machine(folder: Path, chapter: str) -> dict:
-    """The machine ``chapter``'s run in ``folder`` ran on: its own record, or the folder's."""
+    """The machine ``chapter``'s run in ``folder`` ran on (:func:`run_machine`)."""
     run_file = Path(folder) / chapter / "run.json"
-    own = json.loads(run_file.read_text()).get("machine") if run_file.is_file() else None
-    return own or load_machine(folder)
+    return run_machine(folder, json.loads(run_file.read_text()) if run_file.is_file() else {})
 
 
 def load_runs(folder: Path) -> dict[str, dict]:
@@ -364,7 +369,7 @@ def measured(chapter: str, profile: str, root: Path = REFERENCE_ROOT) -> list[tu
         if folder_profile(folder) == profile:
             run = load_runs(folder).get(chapter)
             if run is not None:
-                found.append((run.get("machine") or load_machine(folder), run))
+                found.append((run_machine(folder, run), run))
     return found
 
 

@@ -156,8 +156,8 @@ def prepare(profile: str, src: Path, chapters=None, reference: Path | None = Non
     for path in notebooks:
         executed = reference / path.stem / "notebook.ipynb" if reference is not None else None
         if executed is not None and executed.is_file():
-            info = ref.chapter_machine(reference, path.stem)
             run = ref.load_runs(reference).get(path.stem, {})
+            info = ref.run_machine(reference, run)
             how = f"the reference run of {run.get('finished', info['date'])[:10]}" if run else "a reference run"
             page = Page(path.stem, "reference", run_note(profile, info, how))
             # today's prose with the run's outputs; the run as it was if the code changed since
